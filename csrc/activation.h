@@ -1,0 +1,15 @@
+// activation.h: bias + activation over rows (GELU, and the linear epilogue). See activation.c.
+#ifndef QKV_ACTIVATION_H
+#define QKV_ACTIVATION_H
+#include <stdint.h>
+
+#define QKV_ACT_NONE 0
+#define QKV_ACT_GELU_TANH 1
+#define QKV_ACT_GELU_ERF 2
+#define QKV_ACT_RELU 3
+
+int qkv_bias_act_f32(float* out, const float* x, const float* bias, int64_t R, int64_t N, int act, int simd,
+                     int n_threads);
+int qkv_bias_act_f64(double* out, const double* x, const double* bias, int64_t R, int64_t N, int act, int simd,
+                     int n_threads);
+#endif

@@ -1,0 +1,96 @@
+/*
+softmax.c: masked, scaled softmax over the last axis, the CPU kernel behind qkv.softmax.
+
+x and out are (R, N): R rows of N scores, contiguous. Each row r is one query; its query index
+within its group of M rows is i = r % M (M is the size of axis -2, for causal masks).
+- scale multiplies x before anything else.
+- mask_kind: none, bool (uint8, nonzero = keep) or additive (T, added after scaling; -inf = masked).
+  The mask row of x's row r starts at mask + mask_row_off[r]; its columns are contiguous. Python
+  computes the offsets from the broadcast mask's strides, so any broadcastable mask costs no copy.
+- causal: bottom_right lets query i see keys j <= i + N - M (KV-cache decoding); top_left j <= i.
+- Masked probabilities are exactly 0. A row with no visible finite score is all zeros. NaN in a
+  visible score makes its row NaN; NaN in a masked position changes nothing.
+
+Three passes per row (max, exp+sum, normalise), each a vectorised loop. The row loops are compiled
+for AVX-512, AVX2 and the baseline ISA (softmax.inc), and threads split the rows.
+*/
+#include "qkv_common.h"
+#include "qkv_math.h"
+#include "softmax.h"
+
+// ---------------------------------------------------------------------------------------------
+// row kernels: 2 dtypes x 3 ISAs
+
+#define T float
+#define SFX f32
+#define EXP qkv_expf
+#define NEG_INF qkv_neg_inf_f()
+#define ISA scalar
+#include "softmax.inc"
+#undef ISA
+QKV_BEGIN_AVX2
+#define ISA avx2
+#include "softmax.inc"
+#undef ISA
+QKV_END_TARGET
+QKV_BEGIN_AVX512
+#define ISA avx512
+#include "softmax.inc"
+#undef ISA
+QKV_END_TARGET
+#undef T
+#undef SFX
+#undef EXP
+#undef NEG_INF
+
+#define T double
+#define SFX f64
+#define EXP qkv_exp
+#define NEG_INF qkv_neg_inf_d()
+#define ISA scalar
+#include "softmax.inc"
+#undef ISA
+QKV_BEGIN_AVX2
+#define ISA avx2
+#include "softmax.inc"
+#undef ISA
+QKV_END_TARGET
+QKV_BEGIN_AVX512
+#define ISA avx512
+#include "softmax.inc"
+#undef ISA
+QKV_END_TARGET
+#undef T
+#undef SFX
+#undef EXP
+#undef NEG_INF
+
+// ---------------------------------------------------------------------------------------------
+// drivers: pick the ISA, split rows across threads
+
+#define SOFTMAX_DRIVER(T, SFX)                                                                        \
+    int qkv_softmax_##SFX(T* out, const T* x, const void* mask, int mask_kind, const int64_t* mask_row_off, \
+                          int64_t R, int64_t N, int64_t M, int causal, T scale, int simd, int n_threads) { \
+        if (R < 0 || N <= 0 || M <= 0 || (mask_kind != QKV_MASK_NONE && !mask_row_off)) return QKV_EINVAL;   \
+        void (*row)(T*, const T*, const uint8_t*, const T*, int64_t, int64_t, T) =                   \
+            simd >= QKV_SIMD_AVX512 ? softmax_row_##SFX##_avx512                                      \
+            : simd == QKV_SIMD_AVX2 ? softmax_row_##SFX##_avx2 : softmax_row_##SFX##_scalar;          \
+        const int64_t shift = causal == QKV_CAUSAL_BOTTOM_RIGHT ? N - M : 0;                          \
+        const int parallel = n_threads > 1 && R * N >= 32768;                                         \
+        (void)parallel;                                                                               \
+        QKV_OMP(parallel for schedule(static) num_threads(n_threads) if(parallel))                    \
+        for (int64_t r = 0; r < R; r++) {                                                             \
+            int64_t nvis = N;                                                                         \
+            if (causal != QKV_CAUSAL_NONE) {                                                          \
+                int64_t lim = r % M + shift + 1; /* keys [0, lim) visible */                          \
+                nvis = lim < 0 ? 0 : (lim > N ? N : lim);                                             \
+            }                                                                                         \
+            const uint8_t* mb = mask_kind == QKV_MASK_BOOL ? (const uint8_t*)mask + mask_row_off[r] : NULL; \
+            const T* ma = mask_kind == QKV_MASK_ADD ? (const T*)mask + mask_row_off[r] : NULL;        \
+            row(out + r * N, x + r * N, mb, ma, nvis, N, scale);                                      \
+        }                                                                                             \
+        return QKV_OK;                                                                                \
+    }
+
+SOFTMAX_DRIVER(float, f32)
+SOFTMAX_DRIVER(double, f64)

@@ -1,0 +1,27 @@
+"""qkv: fast, inspectable transformer kernels.
+
+NumPy arrays run on compiled C kernels, CuPy arrays on CUDA kernels, and a NumPy reference backend
+is the oracle. See ``qkv.backends()`` for what runs here.
+"""
+
+__version__ = "0.1.0"
+
+from qkv._backend import BackendUnavailable, backends, get_backend, set_backend, use_backend
+from qkv._config import get_num_threads, set_num_threads
+from qkv._ops import attention, gelu, layer_norm, linear, mlp, softmax
+
+__all__ = [
+    "BackendUnavailable",
+    "attention",
+    "backends",
+    "gelu",
+    "get_backend",
+    "get_num_threads",
+    "layer_norm",
+    "linear",
+    "mlp",
+    "set_backend",
+    "set_num_threads",
+    "softmax",
+    "use_backend",
+]

@@ -1,0 +1,8 @@
+from libc.stdint cimport int64_t
+
+cdef extern from "activation.h" nogil:
+    int QKV_ACT_NONE, QKV_ACT_GELU_TANH, QKV_ACT_GELU_ERF, QKV_ACT_RELU
+    int qkv_bias_act_f32(float* out, const float* x, const float* bias, int64_t R, int64_t N, int act, int simd,
+                         int n_threads)
+    int qkv_bias_act_f64(double* out, const double* x, const double* bias, int64_t R, int64_t N, int act,
+                         int simd, int n_threads)

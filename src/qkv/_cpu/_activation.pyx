@@ -1,0 +1,28 @@
+# Cython wrapper of csrc/activation.c: out = act(x + bias) over rows. Also cimported by _linear.pyx
+# for the GEMM epilogue (see _activation.pxd).
+from cython cimport floating
+from libc.stdint cimport int64_t
+
+
+def bias_act_rows(floating[:, ::1] out,      # OUT (R, N); may be x itself
+                  const floating[:, ::1] x,  # IN  (R, N)
+                  const floating[::1] bias,  # IN  (N,) or None
+                  int act, int simd, int n_threads):
+    cdef int64_t R = x.shape[0], N = x.shape[1]
+    cdef const floating* bp = NULL
+    cdef int status
+    if out.shape[0] != R or out.shape[1] != N:
+        raise ValueError("bias_act_rows: out shape mismatch")
+    if bias is not None:
+        if bias.shape[0] != N:
+            raise ValueError("bias_act_rows: bias length mismatch")
+        bp = &bias[0]
+    if R == 0:
+        return
+    with nogil:
+        if floating is float:
+            status = qkv_bias_act_f32(&out[0, 0], &x[0, 0], bp, R, N, act, simd, n_threads)
+        else:
+            status = qkv_bias_act_f64(&out[0, 0], &x[0, 0], bp, R, N, act, simd, n_threads)
+    if status != 0:
+        raise ValueError(f"qkv_bias_act failed with status {status}")

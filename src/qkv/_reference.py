@@ -1,0 +1,171 @@
+"""NumPy reference implementations: the oracle every test compares against, and the ``numpy``
+backend at run time.
+
+Written for clarity, not speed: every op computes in float64 and casts the result to the input
+dtype. They take the arguments that ``qkv._ops`` has already validated and normalised (softmax axis
+last, masks broadcastable, causal as None / "bottom_right" / "top_left").
+
+Semantics shared by every backend (see DESIGN.md, the attention contract):
+- masks: boolean True = keep; float masks are added to the scaled scores, and -inf there masks;
+- causal "bottom_right": query i of Lq sees keys j <= i + Lk - Lq; "top_left": j <= i;
+- a score of -inf (masked) has probability exactly 0; a row with every score -inf is all zeros
+  (and its log-sum-exp is -inf); a NaN among the visible scores makes the row's other
+  probabilities NaN.
+"""
+
+import numpy as np
+from scipy import special
+
+NAME = "numpy"
+ARRAY_KIND = "numpy"
+DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def available():
+    return True, None
+
+
+def causal_keep(Lq, Lk, causal):
+    """Boolean (Lq, Lk): which keys each query may see under a causal mode (None -> all)."""
+    if causal is None:
+        return np.ones((Lq, Lk), dtype=bool)
+    shift = Lk - Lq if causal == "bottom_right" else 0
+    i = np.arange(Lq)[:, None]
+    j = np.arange(Lk)[None, :]
+    return j <= i + shift
+
+
+def _masked_scores(s, mask, causal):
+    """Apply bool/additive mask and causal mode to float64 scores s (..., Lq, Lk); masked -> -inf."""
+    keep = np.ones(s.shape, dtype=bool)
+    if mask is not None:
+        if mask.dtype == np.bool_:
+            keep &= np.broadcast_to(mask, s.shape)
+        else:
+            m = np.broadcast_to(mask, s.shape).astype(np.float64)
+            keep &= m != -np.inf
+            s = s + np.where(keep, m, 0.0)
+    if causal is not None:
+        keep &= causal_keep(s.shape[-2], s.shape[-1], causal)
+    return np.where(keep, s, -np.inf)
+
+
+def _softmax_lse(s):
+    """Softmax over the last axis of float64 scores with -inf = masked; returns (p, lse)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        mx = np.max(s, axis=-1, keepdims=True)
+        empty = mx == -np.inf
+        mx_safe = np.where(empty, 0.0, mx)
+        e = np.exp(s - mx_safe)
+        total = e.sum(axis=-1, keepdims=True)
+        p = np.where(s == -np.inf, 0.0, e / np.where(empty, 1.0, total))
+        p = np.where(empty, 0.0, p)
+        lse = np.where(empty, -np.inf, mx_safe + np.log(np.where(empty, 1.0, total)))[..., 0]
+    return p, lse
+
+
+def softmax(x, mask=None, causal=None, scale=1.0, out=None):
+    """Softmax over the last axis of ``scale * x`` (+ mask), numerically stable."""
+    s = x.astype(np.float64) * scale
+    if s.ndim == 1:
+        s = s[None, :]
+        p, _ = _softmax_lse(_masked_scores(s, mask, causal))
+        p = p[0]
+    else:
+        p, _ = _softmax_lse(_masked_scores(s, mask, causal))
+    return _emit(p, x.dtype, out)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, out=None):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance)."""
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=-1, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=-1, keepdims=True)
+    y = (x64 - mean) / np.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight.astype(np.float64)
+    if bias is not None:
+        y = y + bias.astype(np.float64)
+    return _emit(y, x.dtype, out)
+
+
+def _gelu64(x64, approximate):
+    if approximate == "tanh":
+        u = np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64**3)
+        return 0.5 * x64 * (1.0 + np.tanh(u))
+    return 0.5 * x64 * special.erfc(-x64 / np.sqrt(2.0))
+
+
+def gelu(x, approximate="tanh", out=None):
+    """GELU: ``approximate="tanh"`` (GPT-2) or ``"none"`` (exact, erf; BERT)."""
+    return _emit(_gelu64(x.astype(np.float64), approximate), x.dtype, out)
+
+
+def _activate(y, activation):
+    if activation is None:
+        return y
+    if activation == "gelu_tanh":
+        return _gelu64(y, "tanh")
+    if activation == "gelu":
+        return _gelu64(y, "none")
+    if activation == "relu":
+        return np.where(y > 0, y, np.where(np.isnan(y), y, 0.0))
+    raise ValueError(f"unknown activation {activation!r}")
+
+
+def linear(x, weight, bias=None, activation=None, out=None):
+    """activation(x @ weight + bias), weight (in, out)."""
+    y = x.astype(np.float64) @ weight.astype(np.float64)
+    if bias is not None:
+        y = y + bias.astype(np.float64)
+    return _emit(_activate(y, activation), x.dtype, out)
+
+
+def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None, return_lse=False,
+              return_weights=False):
+    """softmax(scale * q k^T + mask) v, head by head, with GQA/MQA by repeating K/V heads.
+
+    q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> out (B, Hq, Lq, Dv),
+    lse (B, Hq, Lq) and weights (B, Hq, Lq, Lk) on request.
+    """
+    B, Hq, Lq, _ = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    group = Hq // Hkv
+    k64 = np.repeat(k.astype(np.float64), group, axis=1)  # (B, Hq, Lk, D)
+    v64 = np.repeat(v.astype(np.float64), group, axis=1)  # (B, Hq, Lk, Dv)
+    s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k64) * scale  # (B, Hq, Lq, Lk)
+    # masked keys may hold NaN/Inf: the masking below happens before they can reach the output
+    if kv_lengths is not None:
+        valid = np.arange(Lk)[None, :] < np.asarray(kv_lengths)[:, None]  # (B, Lk)
+        s = np.where(valid[:, None, None, :], s, -np.inf)
+    s = _masked_scores(s, mask, causal)
+    p, lse = _softmax_lse(s)
+    o = _weighted_values(p, v64, s == -np.inf)
+    result = [_emit(o, q.dtype, out)]
+    if return_lse:
+        result.append(lse.astype(np.float32 if q.dtype != np.float64 else np.float64))
+    if return_weights:
+        result.append(p.astype(q.dtype))
+    return tuple(result) if len(result) > 1 else result[0]
+
+
+def _weighted_values(p, v64, hidden):
+    """p @ v, where a hidden key (score -inf) contributes nothing even if its value is NaN/Inf.
+
+    p, hidden (B, H, Lq, Lk); v64 (B, H, Lk, Dv). Finite values go through one einsum; the rare
+    non-finite ones are added back only for the queries that see them (IEEE: p * NaN = NaN).
+    """
+    finite = np.isfinite(v64)
+    o = np.einsum("bhqk,bhkd->bhqd", p, np.where(finite, v64, 0.0))
+    inject = np.where(finite, 0.0, v64)
+    for b, h, j in zip(*np.nonzero(~finite.all(axis=-1))):
+        rows = ~hidden[b, h, :, j]
+        o[b, h, rows] += p[b, h, rows, j, None] * inject[b, h, j]
+    return o
+
+
+def _emit(y64, dtype, out):
+    if out is None:
+        return y64.astype(dtype)
+    out[...] = y64
+    return out

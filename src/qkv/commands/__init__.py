@@ -1,0 +1,1 @@
+"""Subcommands of the ``qkv`` command, one module each (see qkv/cli.py)."""
