@@ -44,6 +44,7 @@ EXTENSIONS = {
     "qkv._cpu._layernorm": ["csrc/layernorm.c"],
     "qkv._cpu._activation": ["csrc/activation.c"],
     "qkv._cpu._linear": ["csrc/activation.c"],
+    "qkv._cpu._attention": ["csrc/attention.c"],
 }
 
 

@@ -100,3 +100,6 @@ def linear(x, weight, bias=None, activation=None, out=None):
     linear_rows(y.reshape(-1, weight.shape[1]), _rows(x), w, b, ACTIVATION_CODES[activation],
                 _config.simd_level(), _config.get_num_threads())
     return y
+
+
+from qkv._cpu.attention import attention  # noqa: E402
