@@ -9,9 +9,12 @@ needs from csrc/. Decisions live here, once:
   OpenMP the kernels run single-threaded and the build says so loudly.
 - No -march=native: the wheel is portable. SIMD paths (AVX-512, AVX2, scalar) are compiled side by
   side with `#pragma GCC target` and picked at run time (csrc/qkv_common.h).
+- -fno-trapping-math lets GCC if-convert the branch-free selects in csrc/qkv_math.h (AVX2 has no
+  masked ops); qkv never relies on floating-point exceptions. No -ffast-math: NaN/Inf semantics stay.
 - QKV_SANITIZE=1 builds with AddressSanitizer + UBSan (for the hardening CI step).
 """
 
+import glob
 import os
 import shutil
 import subprocess
@@ -94,7 +97,7 @@ def openmp_flags():
 
 def extensions():
     omp_c, omp_l = openmp_flags()
-    cflags = ["-O3", "-std=c11", "-fopenmp-simd", "-fno-math-errno", "-Wall", "-Wno-unused-function",
+    cflags = ["-O3", "-std=c11", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unused-function",
               "-Wno-unknown-pragmas"] + omp_c
     lflags = list(omp_l)
     if SANITIZE:
@@ -110,6 +113,7 @@ def extensions():
                 name,
                 sources=[pyx] + csources,
                 include_dirs=["csrc", np.get_include()],
+                depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.inc")),
                 define_macros=macros,
                 extra_compile_args=cflags,
                 extra_link_args=lflags,

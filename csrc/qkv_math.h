@@ -5,7 +5,8 @@ loops that call them (no libm calls, no branches, bit tricks through unions).
 exp: Cody-Waite range reduction x = n*ln2 + r, |r| <= ln2/2, a polynomial for e^r, then 2^n built
 in the exponent bits. Rounding to nearest uses the 1.5*2^23 (1.5*2^52) magic number, which is exact
 without -ffast-math. Inputs below the flush point return exactly 0 (so exp(-inf) == 0 and masked
-scores vanish); inputs above the clamp saturate at e^88 (e^708) instead of +inf. NaN stays NaN.
+scores vanish); inputs above 88 (708 for double) return +inf, slightly early (e^88.7 is the true
+overflow), which keeps the polynomial's range small. NaN stays NaN.
 Accuracy: ~1 ulp (float, Cephes coefficients), ~2 ulp (double, degree-13 Taylor on |r| <= 0.347).
 
 GELU (tanh): 0.5 x (1 + tanh(u)) == x * sigmoid(2u) == x / (1 + e^(-2u)), u = sqrt(2/pi)(x + 0.044715 x^3).
@@ -37,6 +38,7 @@ static inline float qkv_expf(float x) {
     union { int32_t i; float f; } s;
     s.i = ((int32_t)n + 127) << 23;
     float y = p * s.f;
+    y = x > hi ? (float)HUGE_VAL : y;
     return x < lo ? 0.0f : y;
 }
 
@@ -64,8 +66,9 @@ static inline double qkv_exp(double x) {
     p = p * r + 1.0;
     p = p * r + 1.0;
     union { int64_t i; double f; } s;
-    s.i = ((int64_t)n + 1023) << 52;
+    s.i = ((int64_t)(int32_t)n + 1023) << 52;  // via int32: AVX2 has no double->int64 convert
     double y = p * s.f;
+    y = x > hi ? HUGE_VAL : y;
     return x < lo ? 0.0 : y;
 }
 

@@ -19,6 +19,7 @@ from scipy import special
 NAME = "numpy"
 ARRAY_KIND = "numpy"
 DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_quiet = np.errstate(all="ignore")  # NaN/Inf are legitimate inputs; the oracle stays silent
 
 
 def available():
@@ -64,6 +65,7 @@ def _softmax_lse(s):
     return p, lse
 
 
+@_quiet
 def softmax(x, mask=None, causal=None, scale=1.0, out=None):
     """Softmax over the last axis of ``scale * x`` (+ mask), numerically stable."""
     s = x.astype(np.float64) * scale
@@ -76,6 +78,7 @@ def softmax(x, mask=None, causal=None, scale=1.0, out=None):
     return _emit(p, x.dtype, out)
 
 
+@_quiet
 def layer_norm(x, weight=None, bias=None, eps=1e-5, out=None):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance)."""
     x64 = x.astype(np.float64)
@@ -91,11 +94,13 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, out=None):
 
 def _gelu64(x64, approximate):
     if approximate == "tanh":
+        # 0.5 x (1 + tanh(u)) == x sigmoid(2u); the sigmoid form has no cancellation for x < 0
         u = np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64**3)
-        return 0.5 * x64 * (1.0 + np.tanh(u))
+        return x64 * special.expit(2.0 * u)
     return 0.5 * x64 * special.erfc(-x64 / np.sqrt(2.0))
 
 
+@_quiet
 def gelu(x, approximate="tanh", out=None):
     """GELU: ``approximate="tanh"`` (GPT-2) or ``"none"`` (exact, erf; BERT)."""
     return _emit(_gelu64(x.astype(np.float64), approximate), x.dtype, out)
@@ -113,6 +118,7 @@ def _activate(y, activation):
     raise ValueError(f"unknown activation {activation!r}")
 
 
+@_quiet
 def linear(x, weight, bias=None, activation=None, out=None):
     """activation(x @ weight + bias), weight (in, out)."""
     y = x.astype(np.float64) @ weight.astype(np.float64)
@@ -121,6 +127,7 @@ def linear(x, weight, bias=None, activation=None, out=None):
     return _emit(_activate(y, activation), x.dtype, out)
 
 
+@_quiet
 def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None, return_lse=False,
               return_weights=False):
     """softmax(scale * q k^T + mask) v, head by head, with GQA/MQA by repeating K/V heads.

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["info"]
+COMMANDS = ["info", "demo"]
 
 
 class CommandError(Exception):

@@ -1,0 +1,104 @@
+"""Shared test machinery: backends, SIMD levels, dtype-scaled tolerances, the adversarial generator.
+
+- ``backend`` fixture: every NumPy-array backend ("cpu", "numpy"); tests compare each against the
+  oracle (qkv._reference) called directly.
+- ``simd`` fixture: every SIMD level this CPU supports (the cpu backend's kernels are compiled for
+  AVX-512, AVX2 and baseline; the cap makes each path run here).
+- ``assert_close``: |actual - expected| <= k*eps*(scale + |expected|), NaN where the oracle has NaN.
+- ``gpu`` marker: tests that need CuPy and a CUDA device; skipped when there is none.
+"""
+
+import numpy as np
+import pytest
+
+import qkv
+from qkv import _config
+from qkv._cpu import _runtime
+
+NUMPY_BACKENDS = ["cpu", "numpy"]
+SIMD_LEVELS = [name for i, name in enumerate(_runtime.SIMD_NAMES) if i <= _runtime.cpu_simd_level()]
+DTYPES = [np.float32, np.float64]
+
+
+def _gpu_available():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs CuPy and a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=NUMPY_BACKENDS)
+def backend(request):
+    with qkv.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=SIMD_LEVELS)
+def simd(request):
+    _config.set_simd_level(request.param)
+    yield request.param
+    _config.set_simd_level(None)
+
+
+@pytest.fixture(params=DTYPES, ids=["f32", "f64"])
+def dtype(request):
+    return request.param
+
+
+def assert_close(actual, expected, k=16, scale=1.0, err_msg=""):
+    """Dtype-scaled closeness: |a - e| <= k * eps * (scale + |e|); NaNs must match exactly."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape} {err_msg}"
+    eps = np.finfo(actual.dtype).eps
+    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
+    if not np.array_equal(nan_a, nan_e):
+        raise AssertionError(f"NaN positions differ: {np.argwhere(nan_a != nan_e)[:5].tolist()} {err_msg}")
+    a = np.where(nan_a, 0, actual).astype(np.float64)
+    e = np.where(nan_e, 0, expected).astype(np.float64)
+    inf_e = np.isinf(e)
+    if inf_e.any() and not np.array_equal(a[inf_e], e[inf_e]):
+        raise AssertionError(f"infinities differ {err_msg}")
+    a, e = np.where(inf_e, 0, a), np.where(inf_e, 0, e)
+    bound = k * eps * (scale + np.abs(e))
+    bad = np.abs(a - e) > bound
+    if bad.any():
+        i = tuple(np.argwhere(bad)[0])
+        raise AssertionError(
+            f"{bad.sum()} of {bad.size} elements differ beyond {k}*eps: first at {i}: actual {a[i]!r}, "
+            f"expected {e[i]!r}, max abs err {np.abs(a - e).max():.3e} {err_msg}"
+        )
+
+
+def adversarial_rows(rng, dtype):
+    """Yield (name, x) score arrays (..., N) that break naive kernels.
+
+    Sizes 1, sizes off the SIMD widths (7, 17, 33), ±1e4 logits, -inf entries, constant rows,
+    tiny values, and a non-contiguous and a read-only view.
+    """
+    for n in (1, 2, 7, 16, 17, 33, 100):
+        yield f"randn_n{n}", rng.standard_normal((3, 5, n)).astype(dtype)
+    big = rng.standard_normal((4, 37)).astype(dtype) * 1e4
+    yield "pm1e4", big
+    x = rng.standard_normal((4, 37)).astype(dtype)
+    x[:, ::5] = -np.inf
+    yield "neg_inf", x
+    yield "constant", np.full((3, 19), 2.5, dtype=dtype)
+    yield "tiny", (rng.standard_normal((3, 19)) * 1e-30).astype(dtype)
+    base = rng.standard_normal((6, 2 * 23)).astype(dtype)
+    yield "strided", base[::2, ::2]
+    ro = rng.standard_normal((5, 29)).astype(dtype)
+    ro.flags.writeable = False
+    yield "readonly", ro
+    yield "transposed", rng.standard_normal((21, 6)).astype(dtype).T
