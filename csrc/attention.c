@@ -163,6 +163,272 @@ QKV_END_TARGET
 ATTN_PLAIN_DRIVER(float, f32, qkv_neg_inf_f(), logf)
 ATTN_PLAIN_DRIVER(double, f64, qkv_neg_inf_d(), log)
 
+// Split-K driver (decode): work items are (b, h, key chunk); each computes, for every query of the
+// head, the unnormalised partial (acc, m, l) of its chunk; a second loop merges a row's chunks by
+// log-sum-exp: M = max m_c, l = sum l_c e^(m_c - M), out = sum acc_c e^(m_c - M) / l. The chunking
+// depends on the shapes only, so results do not depend on the thread count.
+#define ATTN_SPLITK_DRIVER(T, SFX, NEG_INF, EXP, LOG)                                                   \
+    static int attn_splitk_##SFX(T* out, T* lse, const T* q, const T* k, const T* v, const attn_args* a, \
+                                 T scale, int simd, int n_threads) {                                    \
+        typedef void (*part_fn)(T*, T*, const T*, const T*, int64_t, const T*, int64_t, const uint8_t*,  \
+                                const T*, int64_t, int64_t, int64_t, int64_t, T, T*);                   \
+        part_fn part = simd >= QKV_SIMD_AVX512 ? attn_row_partial_##SFX##_avx512                         \
+                       : simd == QKV_SIMD_AVX2 ? attn_row_partial_##SFX##_avx2                          \
+                                               : attn_row_partial_##SFX##_scalar;                       \
+        const int64_t Lq = a->Lq, Dv = a->Dv, BH = a->B * a->Hq, group = a->Hq / a->Hkv;                 \
+        const int64_t chunk = attn_splitk_chunk(a->Lk), nch = (a->Lk + chunk - 1) / chunk;               \
+        const int64_t items = BH * nch, stride = Dv + 2; /* one partial: acc (Dv,), m, l */              \
+        T* parts = (T*)attn_alloc(sizeof(T) * (size_t)(items * Lq * stride));                           \
+        if (!parts) return QKV_ENOMEM;                                                                   \
+        int failed = 0;                                                                                  \
+        QKV_OMP(parallel num_threads(n_threads) if(n_threads > 1 && items > 1))                          \
+        {                                                                                                \
+            T* s = (T*)attn_alloc(sizeof(T) * PLAIN_BK);                                                 \
+            if (!s) {                                                                                    \
+                QKV_OMP(atomic write)                                                                    \
+                failed = 1;                                                                              \
+            }                                                                                            \
+            QKV_OMP(for schedule(dynamic, 1))                                                            \
+            for (int64_t t = 0; t < items; t++) {                                                        \
+                if (!s) continue;                                                                        \
+                const int64_t bh = t / nch, c = t % nch, b = bh / a->Hq, h = bh % a->Hq, hk = h / group; \
+                const T* kr = k + b * a->kb + hk * a->kh;                                                \
+                const T* vr = v + b * a->vb + hk * a->vh;                                                \
+                for (int64_t i = 0; i < Lq; i++) {                                                       \
+                    const int64_t r = bh * Lq + i, end = attn_key_end(a, b, i);                          \
+                    const int64_t j0 = c * chunk, j1 = j0 + chunk < end ? j0 + chunk : end;              \
+                    T* pr = parts + ((bh * nch + c) * Lq + i) * stride;                                  \
+                    const T* ma = a->mask_kind == QKV_ATTN_MASK_ADD ? (const T*)a->mask + a->mask_off[r] : NULL; \
+                    part(pr, pr + Dv, q + b * a->qb + h * a->qh + i * a->ql, kr, a->kl, vr, a->vl,       \
+                         attn_mask_bool(a, r), ma, j0, j1 > j0 ? j1 : j0, a->D, Dv, scale, s);          \
+                }                                                                                        \
+            }                                                                                            \
+            free(s);                                                                                     \
+            QKV_OMP(for schedule(static))                                                                \
+            for (int64_t r = 0; r < BH * Lq; r++) {                                                      \
+                const int64_t bh = r / Lq, i = r % Lq;                                                   \
+                const T* p0 = parts + (bh * nch * Lq + i) * stride; /* chunk c at p0 + c*Lq*stride */    \
+                T M = NEG_INF;                                                                           \
+                int any = 0;                                                                             \
+                for (int64_t c = 0; c < nch; c++) {                                                      \
+                    const T* pc = p0 + c * Lq * stride;                                                  \
+                    if (pc[Dv + 1] != 0) {                                                               \
+                        any = 1;                                                                         \
+                        M = pc[Dv] > M ? pc[Dv] : M;                                                     \
+                    }                                                                                    \
+                }                                                                                        \
+                T* o = out + r * Dv;                                                                     \
+                for (int64_t d = 0; d < Dv; d++) o[d] = 0;                                               \
+                if (!any) {                                                                              \
+                    if (lse) lse[r] = NEG_INF;                                                           \
+                    continue;                                                                            \
+                }                                                                                        \
+                T l = 0;                                                                                 \
+                for (int64_t c = 0; c < nch; c++) {                                                      \
+                    const T* pc = p0 + c * Lq * stride;                                                  \
+                    if (pc[Dv + 1] == 0) continue;                                                       \
+                    const T w = pc[Dv] == M ? (T)1 : EXP(pc[Dv] - M);                                    \
+                    l += w * pc[Dv + 1];                                                                 \
+                    for (int64_t d = 0; d < Dv; d++) o[d] += w * pc[d];                                  \
+                }                                                                                        \
+                const T inv = (T)1 / l;                                                                  \
+                for (int64_t d = 0; d < Dv; d++) o[d] *= inv;                                            \
+                if (lse) lse[r] = M + LOG(l);                                                            \
+            }                                                                                            \
+        }                                                                                                \
+        free(parts);                                                                                     \
+        return failed ? QKV_ENOMEM : QKV_OK;                                                             \
+    }
+
+#define SPLITK_MAX_LQ 16    // auto: split-K for at most this many queries ...
+#define SPLITK_MIN_LK 1024  // ... against at least this many keys
+#define SPLITK_CHUNK 512    // keys per chunk (more for very long caches: at most 64 chunks)
+
+static int64_t attn_splitk_chunk(int64_t Lk) {
+    const int64_t c = (Lk + 63) / 64;
+    return c > SPLITK_CHUNK ? c : SPLITK_CHUNK;
+}
+
+ATTN_SPLITK_DRIVER(float, f32, qkv_neg_inf_f(), qkv_expf, logf)
+ATTN_SPLITK_DRIVER(double, f64, qkv_neg_inf_d(), qkv_exp, log)
+
+// ---------------------------------------------------------------------------------------------
+// tiled path (float32): helpers shared by the ISA builds, then AVX-512 and AVX2 instantiations
+
+#define BK 64  // keys per tile
+#define NS 4   // sub-blocks of NQ queries per work item (K/V tiles are reused across them from L1/L2)
+#define ATTN_LOG2E 1.44269504088896341f
+
+// Apply the user mask to St (nk, ldq) for the nq real lanes whose rows start at r0 (keys kt..kt+nk).
+static void attn_tile_mask_f32(float* restrict St, int64_t ldq, const attn_args* a, int64_t r0, int64_t nq,
+                               int64_t kt, int64_t nk) {
+    const float ninf = qkv_neg_inf_f();
+    for (int64_t ln = 0; ln < nq; ln++) {
+        if (a->mask_kind == QKV_ATTN_MASK_BOOL) {
+            const uint8_t* mb = (const uint8_t*)a->mask + a->mask_off[r0 + ln] + kt;
+            for (int64_t j = 0; j < nk; j++)
+                if (!mb[j]) St[j * ldq + ln] = ninf;
+        } else {
+            const float* ma = (const float*)a->mask + a->mask_off[r0 + ln] + kt;
+            for (int64_t j = 0; j < nk; j++) {
+                const float x = ma[j];
+                St[j * ldq + ln] = x == ninf ? ninf : St[j * ldq + ln] + x * ATTN_LOG2E;
+            }
+        }
+    }
+}
+
+// does any of the nk rows (Dv wide, vl apart) hold a NaN or Inf?
+static int attn_nonfinite_rows_f32(const float* V, int64_t vl, int64_t nk, int64_t Dv) {
+    int bad = 0;
+    for (int64_t j = 0; j < nk; j++) {
+        const float* vj = V + j * vl;
+        QKV_SIMD_LOOP(reduction(|:bad))
+        for (int64_t d = 0; d < Dv; d++) {
+            const float z = vj[d] - vj[d];  // 0 if finite, NaN otherwise
+            bad |= z != z;
+        }
+    }
+    return bad;
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define QKV_ATTN_HAVE_TILED 1
+#include <immintrin.h>
+
+// exp2 coefficients: Taylor series of 2^r = e^(r ln2) to degree 7 on |r| <= 1/2 (rel. error < 1e-8)
+#define EXP2_C7 1.5252733804059840e-05f
+#define EXP2_C6 1.5403530393381606e-04f
+#define EXP2_C5 1.3333558146428443e-03f
+#define EXP2_C4 9.6181291076284772e-03f
+#define EXP2_C3 5.5504108664821580e-02f
+#define EXP2_C2 2.4022650695910071e-01f
+#define EXP2_C1 6.9314718055994531e-01f
+
+QKV_BEGIN_AVX512
+// 2^x, x <= 0 (or NaN): exactly 0 at -inf, NaN stays NaN. The polynomial runs on x clamped to
+// [-127, ...]; the exponent comes from the unclamped x, so vscalefps sends -inf (and x < -150) to 0.
+static inline __m512 vexp2__avx512(__m512 x) {
+    const __m512 xc = _mm512_max_ps(_mm512_set1_ps(-127.0f), x);  // NaN: max returns x
+    const __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_sub_ps(xc, n);
+    __m512 p = _mm512_set1_ps(EXP2_C7);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512 nx = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_scalef_ps(p, nx);
+}
+#define ISA avx512
+#define VF __m512
+#define W 16
+#define NV 4
+#define RK 6
+#define RD 4
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VSTORE(p, x) _mm512_storeu_ps(p, x)
+#define VSET1(x) _mm512_set1_ps(x)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VMUL(a, b) _mm512_mul_ps(a, b)
+#define VADD(a, b) _mm512_add_ps(a, b)
+#define VSUB(a, b) _mm512_sub_ps(a, b)
+#define VMAX(a, b) _mm512_max_ps(a, b)
+#define VZERO _mm512_setzero_ps()
+#define VSEL_EQ(a, b, x, y) _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ), y, x)
+#define VHIDE_BELOW(x, base, t)                                                                          \
+    _mm512_mask_mov_ps(x,                                                                               \
+                       _mm512_cmplt_epi32_mask(_mm512_add_epi32(_mm512_set1_epi32((int)(base)),          \
+                                                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, \
+                                                                                  8, 9, 10, 11, 12, 13,  \
+                                                                                  14, 15)),              \
+                                               _mm512_set1_epi32((int)((t) < 4096 ? (t) : 4096))),       \
+                       _mm512_set1_ps(qkv_neg_inf_f()))
+#include "attention_tiled.inc"
+#undef ISA
+#undef VF
+#undef W
+#undef NV
+#undef RK
+#undef RD
+#undef VLOAD
+#undef VSTORE
+#undef VSET1
+#undef VFMA
+#undef VMUL
+#undef VADD
+#undef VSUB
+#undef VMAX
+#undef VZERO
+#undef VSEL_EQ
+#undef VHIDE_BELOW
+QKV_END_TARGET
+
+QKV_BEGIN_AVX2
+// 2^x for x <= 0 or NaN, as above; AVX2 has no vscalefps: 2^n is built in the exponent bits from x
+// clamped to -126, and lanes below -126 (including -inf) are set to 0 afterwards.
+static inline __m256 vexp2__avx2(__m256 x) {
+    const __m256 xc = _mm256_max_ps(_mm256_set1_ps(-126.0f), x);  // NaN: max returns x
+    const __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 r = _mm256_sub_ps(xc, n);
+    __m256 p = _mm256_set1_ps(EXP2_C7);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_LT_OQ), y);
+}
+#define ISA avx2
+#define VF __m256
+#define W 8
+#define NV 2
+#define RK 4
+#define RD 4
+#define VLOAD(p) _mm256_loadu_ps(p)
+#define VSTORE(p, x) _mm256_storeu_ps(p, x)
+#define VSET1(x) _mm256_set1_ps(x)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VMUL(a, b) _mm256_mul_ps(a, b)
+#define VADD(a, b) _mm256_add_ps(a, b)
+#define VSUB(a, b) _mm256_sub_ps(a, b)
+#define VMAX(a, b) _mm256_max_ps(a, b)
+#define VZERO _mm256_setzero_ps()
+#define VSEL_EQ(a, b, x, y) _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_EQ_OQ))
+#define VHIDE_BELOW(x, base, t)                                                                          \
+    _mm256_blendv_ps(x, _mm256_set1_ps(qkv_neg_inf_f()),                                                \
+                     _mm256_castsi256_ps(_mm256_cmpgt_epi32(                                            \
+                         _mm256_set1_epi32((int)((t) < 4096 ? (t) : 4096)),                              \
+                         _mm256_add_epi32(_mm256_set1_epi32((int)(base)),                                \
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))))
+#include "attention_tiled.inc"
+#undef ISA
+#undef VF
+#undef W
+#undef NV
+#undef RK
+#undef RD
+#undef VLOAD
+#undef VSTORE
+#undef VSET1
+#undef VFMA
+#undef VMUL
+#undef VADD
+#undef VSUB
+#undef VMAX
+#undef VZERO
+#undef VSEL_EQ
+#undef VHIDE_BELOW
+QKV_END_TARGET
+#endif  // x86
+
 // ---------------------------------------------------------------------------------------------
 // entry points
 
@@ -185,9 +451,27 @@ static int attn_make_args(attn_args* a, const int64_t* shape, const int64_t* str
     return QKV_OK;
 }
 
-int qkv_attention_path(int is_f32, const int64_t* shape, int has_weights, int path, int simd, int n_threads) {
-    (void)is_f32; (void)shape; (void)has_weights; (void)simd; (void)n_threads; (void)path;
+// The one place that picks a path. Only shapes, dtype, SIMD level and the request decide (never the
+// thread count), so 1 and n threads give identical results.
+static int attn_choose_path(int is_f32, const int64_t* shape, int has_weights, int path, int simd) {
+    const int64_t Lq = shape[3], Lk = shape[4];
+#ifdef QKV_ATTN_HAVE_TILED
+    const int tiled_ok = is_f32 && simd >= QKV_SIMD_AVX2 && !has_weights;
+#else
+    const int tiled_ok = 0;
+#endif
+    const int splitk_ok = !has_weights;  // the weights come from the plain path's second pass
+    if (path == QKV_ATTN_PATH_TILED) return tiled_ok ? path : QKV_ATTN_PATH_PLAIN;
+    if (path == QKV_ATTN_PATH_SPLITK) return splitk_ok ? path : QKV_ATTN_PATH_PLAIN;
+    if (path != QKV_ATTN_PATH_AUTO) return QKV_ATTN_PATH_PLAIN;
+    if (splitk_ok && Lq <= SPLITK_MAX_LQ && Lk >= SPLITK_MIN_LK) return QKV_ATTN_PATH_SPLITK;
+    if (tiled_ok && Lq > SPLITK_MAX_LQ) return QKV_ATTN_PATH_TILED;
     return QKV_ATTN_PATH_PLAIN;
+}
+
+int qkv_attention_path(int is_f32, const int64_t* shape, int has_weights, int path, int simd, int n_threads) {
+    (void)n_threads;
+    return attn_choose_path(is_f32, shape, has_weights, path, simd);
 }
 
 int qkv_attention_f32(float* out, float* lse, float* weights, const float* q, const float* k, const float* v,
@@ -198,8 +482,17 @@ int qkv_attention_f32(float* out, float* lse, float* weights, const float* q, co
     int st = attn_make_args(&a, shape, stride, mask, mask_kind, mask_row_off, kv_lengths, causal);
     if (st) return st;
     if (a.B * a.Hq * a.Lq == 0) return QKV_OK;
-    (void)path;
-    return attn_plain_f32(out, lse, weights, q, k, v, &a, scale, simd, n_threads);
+    switch (attn_choose_path(1, shape, weights != NULL, path, simd)) {
+#ifdef QKV_ATTN_HAVE_TILED
+        case QKV_ATTN_PATH_TILED:
+            return simd >= QKV_SIMD_AVX512 ? attn_tiled__avx512(out, lse, q, k, v, &a, scale, n_threads)
+                                           : attn_tiled__avx2(out, lse, q, k, v, &a, scale, n_threads);
+#endif
+        case QKV_ATTN_PATH_SPLITK:
+            return attn_splitk_f32(out, lse, q, k, v, &a, scale, simd, n_threads);
+        default:
+            return attn_plain_f32(out, lse, weights, q, k, v, &a, scale, simd, n_threads);
+    }
 }
 
 int qkv_attention_f64(double* out, double* lse, double* weights, const double* q, const double* k,
@@ -210,6 +503,7 @@ int qkv_attention_f64(double* out, double* lse, double* weights, const double* q
     int st = attn_make_args(&a, shape, stride, mask, mask_kind, mask_row_off, kv_lengths, causal);
     if (st) return st;
     if (a.B * a.Hq * a.Lq == 0) return QKV_OK;
-    (void)path;
+    if (attn_choose_path(0, shape, weights != NULL, path, simd) == QKV_ATTN_PATH_SPLITK)
+        return attn_splitk_f64(out, lse, q, k, v, &a, scale, simd, n_threads);
     return attn_plain_f64(out, lse, weights, q, k, v, &a, scale, simd, n_threads);
 }
