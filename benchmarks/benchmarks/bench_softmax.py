@@ -87,12 +87,12 @@ class Softmax(_SoftmaxCase):
         self.run("softmax_mask")
         self.impl.sync()
 
-    def track_gbps_causal(self, L, dtype, backend):
+    def track_gbps_softmax_causal(self, L, dtype, backend):
         """Causal softmax throughput: bytes read (x) + written (y) per second."""
         t = best_time(lambda: self.run("softmax_causal"), self.impl.sync)
         return 2 * H * L * L * np.dtype(dtype).itemsize / t / 1e9
 
-    track_gbps_causal.unit = "GB/s"
+    track_gbps_softmax_causal.unit = "GB/s"
 
 
 class SoftmaxAccuracy(_SoftmaxCase):
@@ -104,10 +104,10 @@ class SoftmaxAccuracy(_SoftmaxCase):
     def setup(self, L, dtype, backend):
         self.make_inputs(L, dtype, backend)
 
-    def track_max_abs_err_causal(self, L, dtype, backend):
+    def track_max_abs_err_softmax_causal(self, L, dtype, backend):
         return max_abs_err(self.impl.to_numpy(self.run("softmax_causal")), self.expected("softmax_causal"))
 
-    def track_max_abs_err_mask(self, L, dtype, backend):
+    def track_max_abs_err_softmax_mask(self, L, dtype, backend):
         return max_abs_err(self.impl.to_numpy(self.run("softmax_mask")), self.expected("softmax_mask"))
 
-    track_max_abs_err_causal.unit = track_max_abs_err_mask.unit = "abs error"
+    track_max_abs_err_softmax_causal.unit = track_max_abs_err_softmax_mask.unit = "abs error"

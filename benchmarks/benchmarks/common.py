@@ -14,6 +14,13 @@ unless QKV_BENCH_XL=1.
 Inputs are deterministic and cached per process: ``rand(shape, dtype, seed)`` always returns the
 same array. The seeds below must not be changed, only appended to, or history breaks.
 
+Each benchmark module has a case class (name starting with "_", so asv ignores it) that holds
+``make_inputs``, ``run(kind)`` (the call under test, per implementation) and ``expected(kind)``
+(the NumPy oracle). Method names carry the kind they measure: ``time_<kind>``, ``track_gflops_<kind>``,
+``track_gbps_<kind>``, ``track_max_abs_err_<kind>`` and ``peakmem_<kind>`` call ``run(<kind>)`` and
+nothing else. tests/test_bench.py runs every method once and checks both rules, so a benchmark
+that calls the wrong function fails there.
+
 qkv's ops are called with a preallocated ``out=`` where they take one (the hot-path usage; a fresh
 large output costs page faults on every call, see BENCHMARKS.md on the allocator). GPU work is
 synchronised inside every timed function.
