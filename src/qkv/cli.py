@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["info", "demo"]
+COMMANDS = ["info", "demo", "bench"]
 
 
 class CommandError(Exception):
