@@ -1,0 +1,202 @@
+"""The asv suite and ``qkv bench`` are code too: run every benchmark once and check what it measures.
+
+For each benchmark class under benchmarks/benchmarks/ and each CPU-side implementation (cpu,
+numpy, torch when installed), the smallest parameter combination that does not skip is set up the
+way asv does it (``setup(*params)``, then each ``time_``/``track_``/``peakmem_`` method, then
+``teardown``). Two rules make a copy-paste error fail here:
+- a method named ``<prefix><kind>`` calls ``run(kind)`` and only that;
+- ``run(kind)`` matches the NumPy oracle ``expected(kind)`` within a dtype-scaled tolerance.
+"""
+
+import importlib
+import itertools
+import json
+import math
+import pkgutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qkv
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "benchmarks" / "benchmarks"
+PREFIXES = ("track_max_abs_err_", "track_gflops_", "track_gbps_", "time_", "peakmem_")
+ASV_PREFIXES = ("time_", "timeraw_", "track_", "peakmem_", "mem_")
+TOL = {"float16": 2e-2, "float32": 2e-4, "float64": 1e-9}
+
+sys.path.insert(0, str(SUITE.parent))
+common = importlib.import_module("benchmarks.common")
+MODULES = [importlib.import_module(f"benchmarks.{m.name}") for m in pkgutil.iter_modules([str(SUITE)])
+           if m.name.startswith("bench_")]
+
+
+def _classes():
+    """(module, class) for every class asv would collect (public, with benchmark methods)."""
+    out = []
+    for mod in MODULES:
+        for name, obj in vars(mod).items():
+            if name.startswith("_") or not isinstance(obj, type) or obj.__module__ != mod.__name__:
+                continue
+            if any(m.startswith(ASV_PREFIXES) for m in dir(obj)):
+                out.append(obj)
+    return out
+
+
+CLASSES = _classes()
+
+
+def _methods(cls):
+    return sorted(m for m in dir(cls) if m.startswith(ASV_PREFIXES) and callable(getattr(cls, m)))
+
+
+def _kind_of(method):
+    for prefix in PREFIXES:
+        if method.startswith(prefix):
+            return method[len(prefix):]
+    raise AssertionError(f"{method}: benchmark names must start with one of {PREFIXES}")
+
+
+def _first_runnable(cls, backend):
+    """The first parameter combination (in asv's order) whose setup does not skip, set up."""
+    names = list(cls.param_names)
+    grids = [list(p) for p in cls.params]
+    grids[names.index("backend")] = [backend]
+    reasons = set()
+    for combo in itertools.product(*grids):
+        bench = cls()
+        try:
+            bench.setup(*combo)
+        except NotImplementedError as exc:
+            reasons.add(str(exc))
+            bench.teardown(*combo)
+            continue
+        return bench, combo
+    pytest.skip(f"{cls.__name__} on {backend}: every combination skips here ({'; '.join(sorted(reasons))[:300]})")
+
+
+def test_suite_is_collected():
+    names = {c.__name__ for c in CLASSES}
+    for expected in ("Softmax", "LayerNorm", "GELU", "Linear", "MLP", "Attention", "AttentionGQA",
+                     "DecodeAttention", "AttentionMemory", "AttentionAccuracy", "GPT2Forward", "GPT2Decode",
+                     "MiniLMEmbed"):
+        assert expected in names
+    for cls in CLASSES:
+        assert len(cls.params) == len(cls.param_names), cls
+        assert "backend" in cls.param_names, cls
+        for m in _methods(cls):
+            _kind_of(m)
+            assert _kind_of(m) in cls.KINDS, f"{cls.__name__}.{m}: kind not in {cls.KINDS}"
+
+
+def test_params_do_not_depend_on_the_environment(monkeypatch):
+    before = {c.__name__: repr(c.params) for c in CLASSES}
+    monkeypatch.setenv("QKV_BENCH_XL", "1")
+    for mod in MODULES + [common]:
+        importlib.reload(mod)
+    try:
+        after = {c.__name__: repr(c.params) for mod in MODULES for c in vars(mod).values()
+                 if isinstance(c, type) and c.__name__ in before}
+        assert after == before
+    finally:
+        monkeypatch.delenv("QKV_BENCH_XL")
+        for mod in [common] + MODULES:
+            importlib.reload(mod)
+
+
+def test_asv_discovers_the_same_benchmarks():
+    discovery = pytest.importorskip("asv_runner.discovery")
+    found = {b.name for b in discovery.disc_benchmarks(str(SUITE))}
+    ours = {f"{mod.__name__.split('.', 1)[1]}.{cls.__name__}.{m}"
+            for mod in MODULES for cls in CLASSES if cls.__module__ == mod.__name__ for m in _methods(cls)}
+    assert found == ours
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy", "torch"])
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_benchmark_bodies(cls, backend, monkeypatch):
+    if backend not in cls.params[cls.param_names.index("backend")]:
+        pytest.skip(f"{cls.__name__} does not run on {backend}")
+    # track_ methods time a few calls: one is enough here
+    quick = lambda fn, sync, **kw: common.best_time(fn, sync, min_time=0.0, min_calls=1)  # noqa: E731
+    mod = sys.modules[cls.__module__]
+    monkeypatch.setattr(mod, "best_time", quick, raising=False)
+    if hasattr(mod, "GPT2_SMALL"):  # tiny models: the bodies are what is under test here
+        monkeypatch.setattr(mod, "GPT2_SMALL", dict(n_layer=2, n_head=2, n_embd=32, vocab_size=101, block_size=1024))
+        monkeypatch.setattr(mod, "MINILM", dict(n_layer=2, n_head=2, n_embd=32, n_inner=64, vocab_size=1101,
+                                                max_position=64))
+    bench, combo = _first_runnable(cls, backend)
+    try:
+        calls = []
+        real_run = bench.run
+        bench.run = lambda kind: calls.append(kind) or real_run(kind)
+        for m in _methods(cls):
+            kind = _kind_of(m)
+            calls.clear()
+            value = getattr(bench, m)(*combo)
+            assert calls and set(calls) == {kind}, f"{cls.__name__}.{m} ran {calls}, expected only {kind!r}"
+            if m.startswith("track_"):
+                assert isinstance(value, float) and math.isfinite(value) and value >= 0, (m, value)
+            if m.startswith("track_max_abs_err_"):
+                dtype = combo[cls.param_names.index("dtype")]
+                assert value <= TOL[dtype] * 10, (m, combo, value)
+        # what each measured call computes is what its name says
+        dtype = combo[cls.param_names.index("dtype")] if "dtype" in cls.param_names else "float32"
+        for kind in sorted({_kind_of(m) for m in _methods(cls)}):
+            actual = bench.impl.to_numpy(real_run(kind))
+            try:
+                expected = np.asarray(bench.expected(kind), dtype=np.float64)
+            except NotImplementedError:
+                continue  # e.g. torch's models have their own weights
+            tol = TOL[dtype]
+            np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=tol,
+                                       atol=tol * max(1.0, float(np.max(np.abs(expected)))),
+                                       err_msg=f"{cls.__name__}.run({kind!r}) at {combo}")
+    finally:
+        bench.teardown(*combo)
+    assert qkv.get_backend() == "auto", "teardown must restore the backend"
+
+
+def test_work_counts_agree_with_qkv_bench():
+    from qkv import _bench
+
+    for args in [(1, 12, 1024, 1024, 64, False), (1, 12, 1024, 1024, 64, True), (2, 32, 1, 4096, 128, True),
+                 (1, 8, 100, 300, 64, True)]:
+        assert common.attention_flops(*args) == _bench.attention_flops(*args)
+    assert common.attention_flops(1, 1, 4, 4, 1, True) == 4 * 8  # 16 pairs, halved
+    assert common.attention_flops(1, 1, 2, 4, 1, True) == 4 * 7  # bottom-right: 3 + 4 visible keys
+    assert common.linear_flops(512, 768, 3072) == _bench.linear_flops(512, 768, 3072) == 2 * 512 * 768 * 3072
+
+
+def test_qkv_bench_quick_json(tmp_path, capsys):
+    from qkv import cli
+
+    path = tmp_path / "bench.json"
+    rc = cli.main(["bench", "--quick", "--json", str(path), "--only", "layer_norm,linear_gelu"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "layer_norm" in out and "GFLOP/s" in out
+    report = json.loads(path.read_text())
+    assert report["sgemm_peak_gflops"] > 0
+    assert report["machine"]["blas"], "the BLAS kernel that ran must be reported"
+    assert "allocator" in report["machine"]
+    rows = {(r["case"], r["backend"]): r for r in report["results"]}
+    for case in ("layer_norm", "linear_gelu"):
+        for backend in ("cpu", "numpy"):
+            r = rows[(case, backend)]
+            assert r["status"] == "ok", r
+            assert r["seconds"] > 0 and r["max_abs_err"] < 1e-3
+        assert rows[(case, "cpu")]["speedup_vs_numpy"] == pytest.approx(
+            rows[(case, "numpy")]["seconds"] / rows[(case, "cpu")]["seconds"])
+    lg = rows[("linear_gelu", "cpu")]
+    assert lg["gflops"] == pytest.approx(2 * 512 * 768 * 3072 / lg["seconds"] / 1e9)
+    assert lg["pct_of_peak"] == pytest.approx(100 * lg["gflops"] / report["sgemm_peak_gflops"])
+
+
+def test_qkv_bench_rejects_unknown_case(capsys):
+    from qkv import cli
+
+    assert cli.main(["bench", "--quick", "--only", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
