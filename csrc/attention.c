@@ -163,100 +163,23 @@ QKV_END_TARGET
 ATTN_PLAIN_DRIVER(float, f32, qkv_neg_inf_f(), logf)
 ATTN_PLAIN_DRIVER(double, f64, qkv_neg_inf_d(), log)
 
-// Split-K driver (decode): work items are (b, h, key chunk); each computes, for every query of the
-// head, the unnormalised partial (acc, m, l) of its chunk; a second loop merges a row's chunks by
-// log-sum-exp: M = max m_c, l = sum l_c e^(m_c - M), out = sum acc_c e^(m_c - M) / l. The chunking
-// depends on the shapes only, so results do not depend on the thread count.
-#define ATTN_SPLITK_DRIVER(T, SFX, NEG_INF, EXP, LOG)                                                   \
-    static int attn_splitk_##SFX(T* out, T* lse, const T* q, const T* k, const T* v, const attn_args* a, \
-                                 T scale, int simd, int n_threads) {                                    \
-        typedef void (*part_fn)(T*, T*, const T*, const T*, int64_t, const T*, int64_t, const uint8_t*,  \
-                                const T*, int64_t, int64_t, int64_t, int64_t, T, T*);                   \
-        part_fn part = simd >= QKV_SIMD_AVX512 ? attn_row_partial_##SFX##_avx512                         \
-                       : simd == QKV_SIMD_AVX2 ? attn_row_partial_##SFX##_avx2                          \
-                                               : attn_row_partial_##SFX##_scalar;                       \
-        const int64_t Lq = a->Lq, Dv = a->Dv, BH = a->B * a->Hq, group = a->Hq / a->Hkv;                 \
-        const int64_t chunk = attn_splitk_chunk(a->Lk), nch = (a->Lk + chunk - 1) / chunk;               \
-        const int64_t items = BH * nch, stride = Dv + 2; /* one partial: acc (Dv,), m, l */              \
-        T* parts = (T*)attn_alloc(sizeof(T) * (size_t)(items * Lq * stride));                           \
-        if (!parts) return QKV_ENOMEM;                                                                   \
-        int failed = 0;                                                                                  \
-        QKV_OMP(parallel num_threads(n_threads) if(n_threads > 1 && items > 1))                          \
-        {                                                                                                \
-            T* s = (T*)attn_alloc(sizeof(T) * PLAIN_BK);                                                 \
-            if (!s) {                                                                                    \
-                QKV_OMP(atomic write)                                                                    \
-                failed = 1;                                                                              \
-            }                                                                                            \
-            QKV_OMP(for schedule(dynamic, 1))                                                            \
-            for (int64_t t = 0; t < items; t++) {                                                        \
-                if (!s) continue;                                                                        \
-                const int64_t bh = t / nch, c = t % nch, b = bh / a->Hq, h = bh % a->Hq, hk = h / group; \
-                const T* kr = k + b * a->kb + hk * a->kh;                                                \
-                const T* vr = v + b * a->vb + hk * a->vh;                                                \
-                for (int64_t i = 0; i < Lq; i++) {                                                       \
-                    const int64_t r = bh * Lq + i, end = attn_key_end(a, b, i);                          \
-                    const int64_t j0 = c * chunk, j1 = j0 + chunk < end ? j0 + chunk : end;              \
-                    T* pr = parts + ((bh * nch + c) * Lq + i) * stride;                                  \
-                    const T* ma = a->mask_kind == QKV_ATTN_MASK_ADD ? (const T*)a->mask + a->mask_off[r] : NULL; \
-                    part(pr, pr + Dv, q + b * a->qb + h * a->qh + i * a->ql, kr, a->kl, vr, a->vl,       \
-                         attn_mask_bool(a, r), ma, j0, j1 > j0 ? j1 : j0, a->D, Dv, scale, s);          \
-                }                                                                                        \
-            }                                                                                            \
-            free(s);                                                                                     \
-            QKV_OMP(for schedule(static))                                                                \
-            for (int64_t r = 0; r < BH * Lq; r++) {                                                      \
-                const int64_t bh = r / Lq, i = r % Lq;                                                   \
-                const T* p0 = parts + (bh * nch * Lq + i) * stride; /* chunk c at p0 + c*Lq*stride */    \
-                T M = NEG_INF;                                                                           \
-                int any = 0;                                                                             \
-                for (int64_t c = 0; c < nch; c++) {                                                      \
-                    const T* pc = p0 + c * Lq * stride;                                                  \
-                    if (pc[Dv + 1] != 0) {                                                               \
-                        any = 1;                                                                         \
-                        M = pc[Dv] > M ? pc[Dv] : M;                                                     \
-                    }                                                                                    \
-                }                                                                                        \
-                T* o = out + r * Dv;                                                                     \
-                for (int64_t d = 0; d < Dv; d++) o[d] = 0;                                               \
-                if (!any) {                                                                              \
-                    if (lse) lse[r] = NEG_INF;                                                           \
-                    continue;                                                                            \
-                }                                                                                        \
-                T l = 0;                                                                                 \
-                for (int64_t c = 0; c < nch; c++) {                                                      \
-                    const T* pc = p0 + c * Lq * stride;                                                  \
-                    if (pc[Dv + 1] == 0) continue;                                                       \
-                    const T w = pc[Dv] == M ? (T)1 : EXP(pc[Dv] - M);                                    \
-                    l += w * pc[Dv + 1];                                                                 \
-                    for (int64_t d = 0; d < Dv; d++) o[d] += w * pc[d];                                  \
-                }                                                                                        \
-                const T inv = (T)1 / l;                                                                  \
-                for (int64_t d = 0; d < Dv; d++) o[d] *= inv;                                            \
-                if (lse) lse[r] = M + LOG(l);                                                            \
-            }                                                                                            \
-        }                                                                                                \
-        free(parts);                                                                                     \
-        return failed ? QKV_ENOMEM : QKV_OK;                                                             \
-    }
-
-#define SPLITK_MAX_LQ 16    // auto: split-K for at most this many queries ...
-#define SPLITK_MIN_LK 1024  // ... against at least this many keys
-#define SPLITK_CHUNK 512    // keys per chunk (more for very long caches: at most 64 chunks)
-
-static int64_t attn_splitk_chunk(int64_t Lk) {
-    const int64_t c = (Lk + 63) / 64;
-    return c > SPLITK_CHUNK ? c : SPLITK_CHUNK;
-}
-
-ATTN_SPLITK_DRIVER(float, f32, qkv_neg_inf_f(), qkv_expf, logf)
-ATTN_SPLITK_DRIVER(double, f64, qkv_neg_inf_d(), qkv_exp, log)
 
 // ---------------------------------------------------------------------------------------------
 // tiled path (float32): helpers shared by the ISA builds, then AVX-512 and AVX2 instantiations
 
+// block sizes (benchmarks/dev/attention_versions.py builds variants with -D overrides)
+#ifndef BK
 #define BK 64  // keys per tile
-#define NS 4   // sub-blocks of NQ queries per work item (K/V tiles are reused across them from L1/L2)
+#endif
+#ifndef NS
+#define NS 4  // sub-blocks of NQ queries per work item (K/V tiles are reused across them from L1/L2)
+#endif
+#ifndef RK512
+#define RK512 6  // AVX-512 K.Q^T microkernel: RK512 keys x 4 vectors of 16 queries in 24 zmm
+#endif
+#ifndef RD512
+#define RD512 4  // AVX-512 P^T.V microkernel: RD512 value columns x 4 vectors of 16 queries
+#endif
 #define ATTN_LOG2E 1.44269504088896341f
 
 // Apply the user mask to St (nk, ldq) for the nq real lanes whose rows start at r0 (keys kt..kt+nk).
@@ -327,8 +250,8 @@ static inline __m512 vexp2__avx512(__m512 x) {
 #define VF __m512
 #define W 16
 #define NV 4
-#define RK 6
-#define RD 4
+#define RK RK512
+#define RD RD512
 #define VLOAD(p) _mm512_loadu_ps(p)
 #define VSTORE(p, x) _mm512_storeu_ps(p, x)
 #define VSET1(x) _mm512_set1_ps(x)
@@ -339,6 +262,7 @@ static inline __m512 vexp2__avx512(__m512 x) {
 #define VMAX(a, b) _mm512_max_ps(a, b)
 #define VZERO _mm512_setzero_ps()
 #define VSEL_EQ(a, b, x, y) _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ), y, x)
+#define VHSUM(x) _mm512_reduce_add_ps(x)
 #define VHIDE_BELOW(x, base, t)                                                                          \
     _mm512_mask_mov_ps(x,                                                                               \
                        _mm512_cmplt_epi32_mask(_mm512_add_epi32(_mm512_set1_epi32((int)(base)),          \
@@ -364,10 +288,17 @@ static inline __m512 vexp2__avx512(__m512 x) {
 #undef VMAX
 #undef VZERO
 #undef VSEL_EQ
+#undef VHSUM
 #undef VHIDE_BELOW
 QKV_END_TARGET
 
 QKV_BEGIN_AVX2
+static inline float hsum8(__m256 x) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
 // 2^x for x <= 0 or NaN, as above; AVX2 has no vscalefps: 2^n is built in the exponent bits from x
 // clamped to -126, and lanes below -126 (including -inf) are set to 0 afterwards.
 static inline __m256 vexp2__avx2(__m256 x) {
@@ -402,6 +333,7 @@ static inline __m256 vexp2__avx2(__m256 x) {
 #define VMAX(a, b) _mm256_max_ps(a, b)
 #define VZERO _mm256_setzero_ps()
 #define VSEL_EQ(a, b, x, y) _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_EQ_OQ))
+#define VHSUM(x) hsum8(x)
 #define VHIDE_BELOW(x, base, t)                                                                          \
     _mm256_blendv_ps(x, _mm256_set1_ps(qkv_neg_inf_f()),                                                \
                      _mm256_castsi256_ps(_mm256_cmpgt_epi32(                                            \
@@ -425,9 +357,119 @@ static inline __m256 vexp2__avx2(__m256 x) {
 #undef VMAX
 #undef VZERO
 #undef VSEL_EQ
+#undef VHSUM
 #undef VHIDE_BELOW
 QKV_END_TARGET
 #endif  // x86
+
+// ---------------------------------------------------------------------------------------------
+// split-K path
+
+// Split-K driver (decode): work items are (b, h, key chunk); each computes, for every query of the
+// head, the unnormalised partial (acc, m, l) of its chunk; a second loop merges a row's chunks by
+// log-sum-exp: M = max m_c, l = sum l_c e^(m_c - M), out = sum acc_c e^(m_c - M) / l. The chunking
+// depends on the shapes only, so results do not depend on the thread count.
+#define ATTN_SPLITK_DRIVER(T, SFX, NEG_INF, EXP, LOG)                                                   \
+    static int attn_splitk_##SFX(T* out, T* lse, const T* q, const T* k, const T* v, const attn_args* a, \
+                                 T scale, int simd, int n_threads) {                                    \
+        typedef void (*part_fn)(T*, T*, const T*, const T*, int64_t, const T*, int64_t, const uint8_t*,  \
+                                const T*, int64_t, int64_t, int64_t, int64_t, T, T*);                   \
+        part_fn part = attn_splitk_row_##SFX(a, simd);                                                  \
+        const int64_t Lq = a->Lq, Dv = a->Dv, BH = a->B * a->Hq, group = a->Hq / a->Hkv;                 \
+        const int64_t chunk = attn_splitk_chunk(a->Lk), nch = (a->Lk + chunk - 1) / chunk;               \
+        const int64_t items = BH * nch, stride = Dv + 2; /* one partial: acc (Dv,), m, l */              \
+        T* parts = (T*)attn_alloc(sizeof(T) * (size_t)(items * Lq * stride));                           \
+        if (!parts) return QKV_ENOMEM;                                                                   \
+        int failed = 0;                                                                                  \
+        QKV_OMP(parallel num_threads(n_threads) if(n_threads > 1 && items > 1))                          \
+        {                                                                                                \
+            T* s = (T*)attn_alloc(sizeof(T) * (PLAIN_BK + 16));                                                 \
+            if (!s) {                                                                                    \
+                QKV_OMP(atomic write)                                                                    \
+                failed = 1;                                                                              \
+            }                                                                                            \
+            QKV_OMP(for schedule(dynamic, 1))                                                            \
+            for (int64_t t = 0; t < items; t++) {                                                        \
+                if (!s) continue;                                                                        \
+                const int64_t bh = t / nch, c = t % nch, b = bh / a->Hq, h = bh % a->Hq, hk = h / group; \
+                const T* kr = k + b * a->kb + hk * a->kh;                                                \
+                const T* vr = v + b * a->vb + hk * a->vh;                                                \
+                for (int64_t i = 0; i < Lq; i++) {                                                       \
+                    const int64_t r = bh * Lq + i, end = attn_key_end(a, b, i);                          \
+                    const int64_t j0 = c * chunk, j1 = j0 + chunk < end ? j0 + chunk : end;              \
+                    T* pr = parts + ((bh * nch + c) * Lq + i) * stride;                                  \
+                    const T* ma = a->mask_kind == QKV_ATTN_MASK_ADD ? (const T*)a->mask + a->mask_off[r] : NULL; \
+                    part(pr, pr + Dv, q + b * a->qb + h * a->qh + i * a->ql, kr, a->kl, vr, a->vl,       \
+                         attn_mask_bool(a, r), ma, j0, j1 > j0 ? j1 : j0, a->D, Dv, scale, s);          \
+                }                                                                                        \
+            }                                                                                            \
+            free(s);                                                                                     \
+            QKV_OMP(for schedule(static))                                                                \
+            for (int64_t r = 0; r < BH * Lq; r++) {                                                      \
+                const int64_t bh = r / Lq, i = r % Lq;                                                   \
+                const T* p0 = parts + (bh * nch * Lq + i) * stride; /* chunk c at p0 + c*Lq*stride */    \
+                T M = NEG_INF;                                                                           \
+                int any = 0;                                                                             \
+                for (int64_t c = 0; c < nch; c++) {                                                      \
+                    const T* pc = p0 + c * Lq * stride;                                                  \
+                    if (pc[Dv + 1] != 0) {                                                               \
+                        any = 1;                                                                         \
+                        M = pc[Dv] > M ? pc[Dv] : M;                                                     \
+                    }                                                                                    \
+                }                                                                                        \
+                T* o = out + r * Dv;                                                                     \
+                for (int64_t d = 0; d < Dv; d++) o[d] = 0;                                               \
+                if (!any) {                                                                              \
+                    if (lse) lse[r] = NEG_INF;                                                           \
+                    continue;                                                                            \
+                }                                                                                        \
+                T l = 0;                                                                                 \
+                for (int64_t c = 0; c < nch; c++) {                                                      \
+                    const T* pc = p0 + c * Lq * stride;                                                  \
+                    if (pc[Dv + 1] == 0) continue;                                                       \
+                    const T w = pc[Dv] == M ? (T)1 : EXP(pc[Dv] - M);                                    \
+                    l += w * pc[Dv + 1];                                                                 \
+                    for (int64_t d = 0; d < Dv; d++) o[d] += w * pc[d];                                  \
+                }                                                                                        \
+                const T inv = (T)1 / l;                                                                  \
+                for (int64_t d = 0; d < Dv; d++) o[d] *= inv;                                            \
+                if (lse) lse[r] = M + LOG(l);                                                            \
+            }                                                                                            \
+        }                                                                                                \
+        free(parts);                                                                                     \
+        return failed ? QKV_ENOMEM : QKV_OK;                                                             \
+    }
+
+// the split-K row kernel: the float32 SIMD one where the head dims allow, else the plain one
+typedef void (*attn_part_f32)(float*, float*, const float*, const float*, int64_t, const float*, int64_t,
+                              const uint8_t*, const float*, int64_t, int64_t, int64_t, int64_t, float, float*);
+typedef void (*attn_part_f64)(double*, double*, const double*, const double*, int64_t, const double*, int64_t,
+                              const uint8_t*, const double*, int64_t, int64_t, int64_t, int64_t, double, double*);
+static attn_part_f32 attn_splitk_row_f32(const attn_args* a, int simd) {
+#ifdef QKV_ATTN_HAVE_TILED
+    if (simd >= QKV_SIMD_AVX512 && a->D % 16 == 0 && a->Dv % 16 == 0) return row_partial__avx512;
+    if (simd == QKV_SIMD_AVX2 && a->D % 8 == 0 && a->Dv % 8 == 0) return row_partial__avx2;
+#endif
+    return simd >= QKV_SIMD_AVX512 ? attn_row_partial_f32_avx512
+           : simd == QKV_SIMD_AVX2 ? attn_row_partial_f32_avx2 : attn_row_partial_f32_scalar;
+}
+static attn_part_f64 attn_splitk_row_f64(const attn_args* a, int simd) {
+    (void)a;
+    return simd >= QKV_SIMD_AVX512 ? attn_row_partial_f64_avx512
+           : simd == QKV_SIMD_AVX2 ? attn_row_partial_f64_avx2 : attn_row_partial_f64_scalar;
+}
+
+#define SPLITK_MAX_LQ 16    // auto: split-K for at most this many queries ...
+#define SPLITK_MIN_LK 1024  // ... against at least this many keys
+#define SPLITK_CHUNK 512    // keys per chunk (more for very long caches: at most 64 chunks)
+
+static int64_t attn_splitk_chunk(int64_t Lk) {
+    const int64_t c = (Lk + 63) / 64;
+    return c > SPLITK_CHUNK ? c : SPLITK_CHUNK;
+}
+
+ATTN_SPLITK_DRIVER(float, f32, qkv_neg_inf_f(), qkv_expf, logf)
+ATTN_SPLITK_DRIVER(double, f64, qkv_neg_inf_d(), qkv_exp, log)
 
 // ---------------------------------------------------------------------------------------------
 // entry points

@@ -1,0 +1,239 @@
+"""Side-by-side CPU attention benchmark: qkv vs torch SDPA vs NumPy, with this machine's peaks.
+
+    PYTHONPATH=src python benchmarks/attention_cpu.py [--threads 2] [--lengths 1024 2048 4096] [--quick]
+
+float32, B=1, H=12, D=64. For each L, non-causal and causal (Lq = Lk, where torch's top-left causal
+and qkv's bottom-right coincide), then decode (Lq = 1 against Lk keys; torch with is_causal=False).
+qkv and torch are timed alternately in one process (median of --repeat calls after a warm-up, each
+writing into a preallocated output where the API allows it). GFLOP/s use the FlashAttention
+convention, 4*B*H*Lq*Lk*D, halved for causal. The same run measures
+- the FMA peak (benchmarks/dev/fma_peak.c: 24 chains of AVX-512 FMAs per thread), before and after,
+- the SGEMM peak (NumPy float32 matmul 2048^3, and torch.matmul),
+so every figure has its roofline next to it. Peak extra memory at L = 8192 is measured in a fresh
+subprocess per library as the growth of the resident-set high-water mark (ru_maxrss) during one call,
+inputs and output allocated and touched before. Writes benchmarks/results/attention_cpu.{json,md}.
+NumPy naive attention materialises the (H, L, L) scores; it runs only for L <= 2048.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "dev"))
+
+import _build  # noqa: E402
+
+import qkv  # noqa: E402  (imported before torch: one OpenMP runtime per library, qkv's loads first)
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # the table then has no torch column
+    torch = None
+
+H, D = 12, 64
+
+
+def flops(Lq, Lk, causal):
+    return 4.0 * H * Lq * Lk * D / (2 if causal else 1)
+
+
+def median_time(fn, repeat):
+    fn()
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def numpy_attention(q, k, v, causal):  # (H, L, D) -> (H, L, D), the naive way: the scores materialised
+    s = np.matmul(q, k.transpose(0, 2, 1)) * (1.0 / np.sqrt(D))
+    if causal:
+        s = np.where(np.tri(s.shape[-2], s.shape[-1], dtype=bool), s, -np.inf)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    s /= s.sum(-1, keepdims=True)
+    return np.matmul(s, v)
+
+
+def sgemm_peak(threads, n=2048):
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    with threadpool_limits(threads, user_api="blas"):
+        t = min(median_time(lambda: a @ a, 3) for _ in range(2))
+    res = {"numpy_sgemm_gflops": 2 * n**3 / t / 1e9, "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "")}
+    if torch is not None:
+        ta = torch.from_numpy(a)
+        res["torch_sgemm_gflops"] = 2 * n**3 / median_time(lambda: ta @ ta, 3) / 1e9
+    return res
+
+
+def compare(Lq, Lk, causal, threads, repeat, with_numpy):
+    rng = np.random.default_rng(Lq + Lk)
+    q = rng.standard_normal((1, H, Lq, D), dtype=np.float32)
+    k = rng.standard_normal((1, H, Lk, D), dtype=np.float32)
+    v = rng.standard_normal((1, H, Lk, D), dtype=np.float32)
+    out = np.empty_like(q)
+    fl = flops(Lq, Lk, causal)
+    fns = {"qkv": lambda: qkv.attention(q, k, v, causal=causal, out=out)}
+    if torch is not None:
+        tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+        fns["torch"] = lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=bool(causal))
+        ref = fns["torch"]().numpy()
+        fns["qkv"]()
+        err = float(np.abs(out - ref).max())
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeat):  # alternate, so both see the same machine state
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    row = {"Lq": Lq, "Lk": Lk, "causal": bool(causal)}
+    for name, ts in times.items():
+        t = float(np.median(ts))
+        row[f"{name}_ms"] = t * 1e3
+        row[f"{name}_gflops"] = fl / t / 1e9
+    if torch is not None:
+        row["max_abs_diff_vs_torch"] = err
+        row["speedup_vs_torch"] = row["torch_ms"] / row["qkv_ms"]
+    if with_numpy:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(threads, user_api="blas"):
+            t = median_time(lambda: numpy_attention(q[0], k[0], v[0], causal), max(2, repeat // 3))
+        row["numpy_ms"], row["numpy_gflops"] = t * 1e3, fl / t / 1e9
+    row["qkv_path"] = _kernel_path(q, k, v)
+    return row
+
+
+def _kernel_path(q, k, v):
+    import importlib
+
+    return importlib.import_module("qkv._cpu.attention").kernel_path(q.shape, k.shape, v.shape)
+
+
+MEMORY_SCRIPT = r"""
+import resource, sys, numpy as np
+lib, L, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(0)
+q, k, v = (rng.standard_normal((1, 12, L, 64), dtype=np.float32) for _ in range(3))
+out = np.zeros_like(q)
+if lib == "qkv":
+    import qkv
+    qkv.set_num_threads(threads)
+    qkv.attention(q[:, :, :64], k[:, :, :64], v[:, :, :64], causal=True)  # load, spawn threads
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    qkv.attention(q, k, v, causal=True, out=out)
+else:
+    import torch, torch.nn.functional as F
+    torch.set_num_threads(threads)
+    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+    F.scaled_dot_product_attention(tq[:, :, :64], tk[:, :, :64], tv[:, :, :64], is_causal=True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    o = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)  # the output is 24 MiB of it
+    before += o.numel() * 4 // 1024
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) / 1024)
+"""
+
+
+def peak_memory(lib, L, threads):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(HERE), "src")] + sys.path))
+    res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, lib, str(L), str(threads)], capture_output=True,
+                         text=True, env=env)
+    if res.returncode:
+        return None
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+def markdown(result):
+    m = result["machine"]
+    lines = [
+        "# Attention forward on the CPU: qkv vs torch SDPA vs NumPy",
+        "",
+        f"float32, B=1, H={H}, D={D}, {m['threads']} threads, {m['cpu']}. "
+        f"FMA peak (measured in this run) {m['fma_peak_gflops']:.0f} GFLOP/s; SGEMM 2048^3: NumPy "
+        f"{m['numpy_sgemm_gflops']:.0f}" + (f", torch {m['torch_sgemm_gflops']:.0f}" if "torch_sgemm_gflops" in m else "")
+        + " GFLOP/s. GFLOP/s = 4*B*H*Lq*Lk*D / time (halved for causal). Medians of "
+        f"{result['repeat']} alternating calls. Command: `{result['command']}`",
+        "",
+        "| Lq | Lk | causal | qkv ms | qkv GFLOP/s | % FMA peak | torch ms | torch GFLOP/s | qkv / torch | NumPy GFLOP/s | qkv path |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['Lq']} | {r['Lk']} | {'yes' if r['causal'] else 'no'} | {r['qkv_ms']:.2f} | {r['qkv_gflops']:.0f} | "
+            f"{100 * r['qkv_gflops'] / m['fma_peak_gflops']:.0f}% | "
+            + (f"{r['torch_ms']:.2f} | {r['torch_gflops']:.0f} | **{r['speedup_vs_torch']:.2f}x** | " if "torch_ms" in r else "- | - | - | ")
+            + (f"{r['numpy_gflops']:.0f} | " if "numpy_gflops" in r else "- | ")
+            + f"{r['qkv_path']} |"
+        )
+    if result.get("memory"):
+        lines += ["", f"Peak extra memory of one causal call at L = {result['memory']['L']} (RSS high-water growth, "
+                  "fresh process; NumPy naive would need the (H, L, L) float32 scores: "
+                  f"{result['memory']['numpy_scores_mib']:.0f} MiB):", ""]
+        for lib in ("qkv", "torch"):
+            if result["memory"].get(lib) is not None:
+                lines.append(f"- {lib}: {result['memory'][lib]:.1f} MiB")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096])
+    ap.add_argument("--decode", type=int, nargs="+", default=[4096, 16384], help="Lk of the Lq=1 decode rows")
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--memory-length", type=int, default=8192)
+    ap.add_argument("--quick", action="store_true", help="small sizes, 3 repeats, no files written")
+    ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.lengths, args.decode, args.repeat, args.memory_length = [256], [1024], 3, 1024
+    qkv.set_num_threads(args.threads)
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+    fma0 = _build.fma_peak(args.threads)
+    machine = {"threads": args.threads, "cpu": platform.processor() or platform.machine(),
+               "simd": qkv._config.simd_name(), "torch": getattr(torch, "__version__", None),
+               "numpy": np.__version__, **sgemm_peak(args.threads)}
+    rows = []
+    for L in args.lengths:
+        for causal in (False, True):
+            rows.append(compare(L, L, causal, args.threads, args.repeat, with_numpy=L <= 2048))
+            print(rows[-1], flush=True)
+    for Lk in args.decode:
+        rows.append(compare(1, Lk, False, args.threads, args.repeat * 5, with_numpy=True))
+        print(rows[-1], flush=True)
+    machine["fma_peak_gflops"] = max(fma0, _build.fma_peak(args.threads))
+    memory = {"L": args.memory_length, "numpy_scores_mib": H * args.memory_length**2 * 4 / 2**20}
+    for lib in ("qkv",) + (("torch",) if torch is not None else ()):
+        memory[lib] = peak_memory(lib, args.memory_length, args.threads)
+    result = {"machine": machine, "rows": rows, "memory": memory, "repeat": args.repeat,
+              "command": "PYTHONPATH=src python benchmarks/attention_cpu.py " + " ".join(argv or sys.argv[1:]),
+              "allocator": {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")}}
+    md = markdown(result)
+    print(md)
+    if not args.quick:
+        os.makedirs(args.out_dir, exist_ok=True)
+        with open(os.path.join(args.out_dir, "attention_cpu.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.join(args.out_dir, "attention_cpu.md"), "w") as f:
+            f.write(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()
