@@ -42,9 +42,8 @@ def measure(lengths, numpy_max_L, budget):
             for impl in impls:
                 if impl.name == "numpy" and L > numpy_max_L:
                     continue
-                fn = impl.call(lambda: case.build(impl))
-                run = lambda: impl.call(fn)  # noqa: E731
-                t = _bench.time_call(run, impl.sync, budget, 3)
+                with impl.context():
+                    t = _bench.time_call(case.build(impl), impl.sync, budget, 3)
                 label = {"cpu": "qkv (cpu)", "torch": "torch SDPA", "numpy": "NumPy reference"}[impl.name]
                 rows.append({"impl": label, "L": L, "causal": causal, "seconds": t, "gflops": case.flops / t / 1e9})
                 print(f"L={L:5d} causal={causal!s:5} {label:<16} {t * 1e3:9.2f} ms {rows[-1]['gflops']:7.1f} GFLOP/s")

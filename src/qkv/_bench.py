@@ -100,13 +100,11 @@ class Impl:
         if self.name == "cuda":
             self.xp.cuda.get_current_stream().synchronize()
 
-    def call(self, fn):
-        """fn() on this implementation (qkv's backend forced for the numpy/cuda/cpu names)."""
+    def context(self):
+        """A ``with`` block in which calls run on this implementation (qkv's backend forced; torch without autograd)."""
         if self.is_torch:
-            with self.ops.no_grad():
-                return fn()
-        with self.ops.use_backend(self.name):
-            return fn()
+            return self.ops.no_grad()
+        return self.ops.use_backend(self.name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +130,7 @@ class Case:
         import qkv
 
         with qkv.use_backend("numpy"):
-            return self.build(Impl("numpy"))()
+            return self.build(Impl("numpy"))()  # a fresh output: build() gives each implementation its own
 
 
 class SoftmaxMasked(Case):
@@ -387,11 +385,11 @@ def _measure(case, impl, name, expected, budget, min_calls):
         if not hasattr(importlib.import_module(_backend._MODULES[name]), case.op):
             return {**row, "status": "skipped", "reason": f"backend {name!r} has no {case.op} in this version"}
     try:
-        fn = impl.call(lambda: case.build(impl))
-        run_once = lambda: impl.call(fn)  # noqa: E731
-        got = impl.to_numpy(run_once())
-        row["max_abs_err"] = float(np.max(np.abs(got.astype(np.float64) - np.asarray(expected, np.float64))))
-        row["seconds"] = time_call(run_once, impl.sync, budget, min_calls)
+        with impl.context():
+            fn = case.build(impl)
+            got = impl.to_numpy(fn())
+            row["max_abs_err"] = float(np.max(np.abs(got.astype(np.float64) - np.asarray(expected, np.float64))))
+            row["seconds"] = time_call(fn, impl.sync, budget, min_calls)
         row["status"] = "ok"
     except Exception as exc:  # one broken case must not hide the others; run() reports it
         row.update(status="error", reason=f"{type(exc).__name__}: {exc}")
