@@ -72,6 +72,7 @@ def sgemm_peak(threads, n=2048):
     with threadpool_limits(threads, user_api="blas"):
         t = min(median_time(lambda: a @ a, 3) for _ in range(2))
     res = {"numpy_sgemm_gflops": 2 * n**3 / t / 1e9, "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "")}
+    time.sleep(0.3)
     if torch is not None:
         ta = torch.from_numpy(a)
         res["torch_sgemm_gflops"] = 2 * n**3 / median_time(lambda: ta @ ta, 3) / 1e9
@@ -114,6 +115,7 @@ def compare(Lq, Lk, causal, threads, repeat, with_numpy):
         with threadpool_limits(threads, user_api="blas"):
             t = median_time(lambda: numpy_attention(q[0], k[0], v[0], causal), max(2, repeat // 3))
         row["numpy_ms"], row["numpy_gflops"] = t * 1e3, fl / t / 1e9
+        time.sleep(0.3)  # OpenBLAS workers busy-wait ~0.1 s after a call: let them sleep before the next timing
     row["qkv_path"] = _kernel_path(q, k, v)
     return row
 

@@ -1,0 +1,176 @@
+"""Numbered versions of the CPU attention kernel, each validated against the oracle, then timed.
+
+    PYTHONPATH=src python benchmarks/dev/attention_versions.py [--threads 2] [--lengths 1024 2048] [--quick]
+
+float32, B=1, H=12, D=64, non-causal and causal (Lq = Lk); then decode (Lq=1, Lk=4096). Every C
+version is csrc/attention.c itself, compiled here through ctypes with -D overrides of its block sizes
+(BK keys per tile, NS sub-blocks of 64 queries per work item, RK512/RD512 microkernel rows) and
+called with a forced path and SIMD level, so the numbered versions stay runnable as the kernel moves
+on. Each is checked against qkv._reference.attention (max abs error < 2e-5) before it is timed;
+times are medians of alternating calls, GFLOP/s with the FlashAttention convention (4*B*H*L^2*D,
+halved for causal), next to the FMA peak measured in the same run (benchmarks/dev/fma_peak.c).
+
+Versions
+  v0  NumPy naive: scores materialised (H, L, L), softmax, matmul (OpenBLAS)
+  v1  plain C: one query row at a time, loops vectorised by GCC, exp by polynomial (qkv_expf)
+  v2  tiled AVX2: transposed scores (8 queries per ymm), 4 keys x 2 vectors microkernels
+  v3  tiled AVX-512, 64-query work items (NS=1): every work item streams all of K/V
+  v4  tiled AVX-512, 256-query work items (NS=4), 64-key tiles, 6x4 K.Q^T and 4x4 P^T.V   <- ships
+  v5  v4 with 128-key tiles
+  v6  v4 with 32-key tiles
+  v7  v4 with a 4x4 K.Q^T microkernel (RK512=4)
+  v8  v4 with 512-query work items (NS=8)
+  decode: d1 plain rows over the keys per head (path plain), d2 split-K with the SIMD row kernel
+  and a log-sum-exp merge (ships for Lq <= 16 and Lk >= 1024).
+
+What the measurements taught (this 2-vCPU VM; see benchmarks/results/attention_cpu.md):
+- The two vCPUs share one core's FMA units: the FMA peak with 2 threads (~150 GFLOP/s) equals the
+  1-thread peak, so "80% of peak" means ~120 GFLOP/s in total, and a second thread only hides stalls.
+- Negative results: a single max chain in the online softmax (vmaxps latency-bound: 4 chains are
+  faster); a remainder loop of 1-key microkernels when the tile is not a multiple of RK (a switch on
+  the remainder with constant rk keeps the accumulators unrolled); the plain row kernel for decode
+  (one horizontal reduction and one scalar exp per key: ~2x slower than the SIMD row kernel).
+"""
+
+import argparse
+import ctypes
+import os
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import _build  # noqa: E402
+
+from qkv import _reference as ref  # noqa: E402
+
+H, D = 12, 64
+PATH = {"plain": 1, "tiled": 2, "split-k": 3}
+SIMD = {"scalar": 0, "avx2": 1, "avx512": 2}
+
+# name: (description, -D overrides, path, simd)
+VERSIONS = {
+    "v1": ("plain C rows", {}, "plain", "avx512"),
+    "v2": ("tiled AVX2", {}, "tiled", "avx2"),
+    "v3": ("tiled AVX-512, NS=1", {"NS": 1}, "tiled", "avx512"),
+    "v4": ("tiled AVX-512, NS=4, BK=64 (ships)", {}, "tiled", "avx512"),
+    "v5": ("v4 with BK=128", {"BK": 128}, "tiled", "avx512"),
+    "v6": ("v4 with BK=32", {"BK": 32}, "tiled", "avx512"),
+    "v7": ("v4 with RK512=4", {"RK512": 4}, "tiled", "avx512"),
+    "v8": ("v4 with NS=8", {"NS": 8}, "tiled", "avx512"),
+}
+DECODE = {"d1": ("plain rows", {}, "plain", "avx512"), "d2": ("split-K (ships)", {}, "split-k", "avx512")}
+
+
+def build(defines):
+    """csrc/attention.c compiled with these -D overrides, as a ctypes function."""
+    tag = "_".join(f"{k}{v}" for k, v in sorted(defines.items())) or "default"
+    src = os.path.join(HERE, f"_attention_{tag}.c")
+    with open(src, "w") as f:  # a one-line translation unit, so each variant gets its own library
+        f.write("".join(f"#define {k} {v}\n" for k, v in defines.items()) + '#include "attention.c"\n')
+    try:
+        lib = _build.load(os.path.basename(src))
+    finally:
+        os.remove(src)
+    fn = lib.qkv_attention_f32
+    P, I64 = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+    fn.argtypes = [P, P, P, P, P, P, P, ctypes.c_int, P, P, I64, I64, ctypes.c_int, ctypes.c_float, ctypes.c_int,
+                   ctypes.c_int, ctypes.c_int]
+    return fn
+
+
+def caller(fn, q, k, v, causal, path, simd, threads):
+    out = np.empty(q.shape[:3] + (v.shape[3],), np.float32)
+    B, Hq, Lq, Dq = q.shape
+    shape = (ctypes.c_int64 * 7)(B, Hq, k.shape[1], Lq, k.shape[2], Dq, v.shape[3])
+    st = [s // 4 for a in (q, k, v) for s in a.strides[:3]]
+    stride = (ctypes.c_int64 * 9)(*st)
+    args = (out.ctypes.data, None, None, q.ctypes.data, k.ctypes.data, v.ctypes.data, None, 0, None, None, shape,
+            stride, 1 if causal else 0, 1 / np.sqrt(Dq), PATH[path], SIMD[simd], threads)
+
+    def run():
+        if fn(*args):
+            raise RuntimeError("kernel failed")
+        return out
+
+    return run
+
+
+def numpy_naive(q, k, v, causal):
+    s = np.matmul(q[0], k[0].transpose(0, 2, 1)) / np.float32(np.sqrt(q.shape[-1]))
+    if causal:
+        s = np.where(np.tri(s.shape[-2], s.shape[-1], s.shape[-1] - s.shape[-2], dtype=bool), s, -np.inf)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    s /= s.sum(-1, keepdims=True)
+    return np.matmul(s, v[0])[None]
+
+
+def validate(name, run, q, k, v, causal):
+    want = ref.attention(q, k, v, 1 / np.sqrt(q.shape[-1]), causal="bottom_right" if causal else None)
+    err = float(np.abs(run() - want).max())
+    if not err < 2e-5:
+        raise AssertionError(f"{name}: max abs error {err:.2e} vs the oracle")
+    return err
+
+
+def time_all(runs, repeat):
+    ts = {n: [] for n in runs}
+    for r in runs.values():
+        r()
+    for _ in range(repeat):
+        for n, r in runs.items():
+            t = time.perf_counter()
+            r()
+            ts[n].append(time.perf_counter() - t)
+    return {n: float(np.median(t)) for n, t in ts.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.lengths, args.repeat = [256], 2
+    fns = {name: build(defs) for name, (_, defs, _, _) in {**VERSIONS, **DECODE}.items()}
+    peak = _build.fma_peak(args.threads)
+    print(f"FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s")
+    rng = np.random.default_rng(0)
+    for L in args.lengths:
+        q, k, v = (rng.standard_normal((1, H, L, D), dtype=np.float32) for _ in range(3))
+        for causal in (False, True):
+            runs = {name: caller(fns[name], q, k, v, causal, path, simd, args.threads)
+                    for name, (_, _, path, simd) in VERSIONS.items()}
+            for name, run in runs.items():
+                validate(name, run, q, k, v, causal)
+            times = time_all(runs, args.repeat)
+            # NumPy last and alone: OpenBLAS worker threads busy-wait ~0.1 s after each call, which
+            # on 2 vCPUs would steal the core from whatever runs next
+            with threadpool_limits(args.threads, user_api="blas"):
+                validate("v0", lambda: numpy_naive(q, k, v, causal), q, k, v, causal)
+                times = {"v0": time_all({"v0": lambda: numpy_naive(q, k, v, causal)}, 2)["v0"], **times}
+            time.sleep(0.3)
+            fl = 4 * H * L * L * D / (2 if causal else 1)
+            print(f"\nL={L} {'causal' if causal else 'non-causal'}")
+            for name, t in times.items():
+                desc = "NumPy naive" if name == "v0" else VERSIONS[name][0]
+                print(f"  {name} {desc:38s} {t * 1e3:8.2f} ms {fl / t / 1e9:6.0f} GFLOP/s {100 * fl / t / 1e9 / peak:4.0f}%")
+    Lk = 1024 if args.quick else 4096
+    q = rng.standard_normal((1, H, 1, D), dtype=np.float32)
+    k, v = (rng.standard_normal((1, H, Lk, D), dtype=np.float32) for _ in range(2))
+    runs = {name: caller(fns[name], q, k, v, False, path, simd, args.threads) for name, (_, _, path, simd) in DECODE.items()}
+    for name, run in runs.items():
+        validate(name, run, q, k, v, False)
+    times = time_all(runs, args.repeat * 20)
+    print(f"\ndecode Lq=1 Lk={Lk}")
+    for name, t in times.items():
+        print(f"  {name} {DECODE[name][0]:38s} {t * 1e6:8.0f} us")
+
+
+if __name__ == "__main__":
+    main()
