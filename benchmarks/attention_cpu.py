@@ -102,10 +102,17 @@ def compare(Lq, Lk, causal, threads, repeat, with_numpy):
             fn()
             times[name].append(time.perf_counter() - t)
     row = {"Lq": Lq, "Lk": Lk, "causal": bool(causal)}
+    kv_bytes = k.nbytes + v.nbytes
     for name, ts in times.items():
         t = float(np.median(ts))
         row[f"{name}_ms"] = t * 1e3
+        row[f"{name}_min_ms"] = float(np.min(ts)) * 1e3
         row[f"{name}_gflops"] = fl / t / 1e9
+        if Lq == 1:  # decode reads the whole K/V cache once: a bandwidth figure
+            row[f"{name}_gbs"] = kv_bytes / t / 1e9
+    if Lq == 1:
+        row["kv_bytes"] = kv_bytes
+        row["read_bw_gbs"] = _build.read_bandwidth(threads, kv_bytes)
     if torch is not None:
         row["max_abs_diff_vs_torch"] = err
         row["speedup_vs_torch"] = row["torch_ms"] / row["qkv_ms"]
@@ -174,7 +181,7 @@ def markdown(result):
         "| Lq | Lk | causal | qkv ms | qkv GFLOP/s | % FMA peak | torch ms | torch GFLOP/s | qkv / torch | NumPy GFLOP/s | qkv path |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["rows"]:
+    for r in [r for r in result["rows"] if r["Lq"] > 1]:
         lines.append(
             f"| {r['Lq']} | {r['Lk']} | {'yes' if r['causal'] else 'no'} | {r['qkv_ms']:.2f} | {r['qkv_gflops']:.0f} | "
             f"{100 * r['qkv_gflops'] / m['fma_peak_gflops']:.0f}% | "
@@ -182,6 +189,18 @@ def markdown(result):
             + (f"{r['numpy_gflops']:.0f} | " if "numpy_gflops" in r else "- | ")
             + f"{r['qkv_path']} |"
         )
+    dec = [r for r in result["rows"] if r["Lq"] == 1]
+    if dec:
+        lines += ["", "Decode (Lq = 1, non-causal): bandwidth-bound, so the roofline is the read bandwidth of a buffer "
+                  "the size of K+V, measured in the same run.", "",
+                  "| Lk | K+V MB | qkv us | qkv GB/s | torch us | torch GB/s | qkv / torch | read roofline GB/s | qkv path |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in dec:
+            lines.append(
+                f"| {r['Lk']} | {r['kv_bytes'] / 1e6:.1f} | {r['qkv_ms'] * 1e3:.0f} | {r['qkv_gbs']:.1f} | "
+                + (f"{r['torch_ms'] * 1e3:.0f} | {r['torch_gbs']:.1f} | **{r['speedup_vs_torch']:.2f}x** | "
+                   if "torch_ms" in r else "- | - | - | ")
+                + f"{r['read_bw_gbs']:.1f} | {r['qkv_path']} |")
     if result.get("memory"):
         lines += ["", f"Peak extra memory of one causal call at L = {result['memory']['L']} (RSS high-water growth, "
                   "fresh process; NumPy naive would need the (H, L, L) float32 scores: "
