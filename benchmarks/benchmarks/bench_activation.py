@@ -9,6 +9,8 @@ GFLOP/s counts the GEMMs only (2*M*K*N each). torch's baseline is nn.Linear (wei
 
 import numpy as np
 
+import qkv
+
 from .common import (IMPLS, SEED_B1, SEED_B2, SEED_W1, SEED_W2, SEED_X, Benchmark, Impl, best_time, gflops,
                      linear_flops, max_abs_err, mlp_flops, rand)
 
@@ -72,8 +74,6 @@ class _ActivationCase(Benchmark):
         raise ValueError(kind)
 
     def expected(self, kind):
-        import qkv
-
         h = self.host
         with qkv.use_backend("numpy"):
             if kind == "gelu_tanh":

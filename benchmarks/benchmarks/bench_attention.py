@@ -7,12 +7,14 @@ scores in float64; qkv never does, which ``AttentionMemory.peakmem_attention`` s
 torch's baseline is torch.nn.functional.scaled_dot_product_attention (CPU flash kernel); its
 ``is_causal`` is top-left aligned, so one-query decode passes is_causal=False (every key visible).
 
-Large sizes skip unless QKV_BENCH_XL=1: the NumPy reference above L = 1024 (it needs ~0.4 GB per
-score array at L = 2048) and float64 above L = 1024.
+Large sizes skip unless QKV_BENCH_XL=1: L = 8192, the NumPy reference above L = 1024 (it needs
+~0.4 GB per score array at L = 2048) and float64 above L = 1024.
 """
 
-from .common import (IMPLS, SEED_K, SEED_Q, SEED_V, XL, Benchmark, Impl, attention_flops, best_time, gflops,
-                     max_abs_err, rand, require_xl, skip)
+import qkv
+
+from .common import (IMPLS, SEED_K, SEED_Q, SEED_V, Benchmark, Impl, attention_flops, best_time, gflops,
+                     max_abs_err, rand, require_xl)
 
 
 class _AttentionCase(Benchmark):
@@ -42,8 +44,6 @@ class _AttentionCase(Benchmark):
         return impl.ops.attention(self.q, self.k, self.v, causal=causal, out=self.out)
 
     def expected(self, kind):
-        import qkv
-
         with qkv.use_backend("numpy"):
             return qkv.attention(*self.host, causal=kind != "attention")
 
@@ -57,12 +57,13 @@ class _AttentionCase(Benchmark):
 
 
 class Attention(_AttentionCase):
-    """Self-attention prefill, B = 1, H = 12, L = 128 ... 4096, D = 64 / 128."""
+    """Self-attention prefill, B = 1, H = 12, L = 128 ... 4096 (8192 with QKV_BENCH_XL=1), D = 64 / 128."""
 
-    params = [[128, 512, 1024, 2048, 4096], [64, 128], ["float16", "float32", "float64"], IMPLS]
+    params = [[128, 512, 1024, 2048, 4096, 8192], [64, 128], ["float16", "float32", "float64"], IMPLS]
     param_names = ["L", "D", "dtype", "backend"]
 
     def setup(self, L, D, dtype, backend):
+        require_xl(L > 4096, "attention at L > 4096")
         require_xl(L > 1024 and backend == "numpy", "NumPy reference attention at L > 1024")
         require_xl(L > 1024 and dtype == "float64", "float64 attention at L > 1024")
         self.make_inputs(1, 12, 12, L, L, D, dtype, backend)

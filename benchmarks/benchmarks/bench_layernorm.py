@@ -6,6 +6,8 @@ torch.nn.functional.layer_norm (what nn.LayerNorm calls).
 
 import numpy as np
 
+import qkv
+
 from .common import IMPLS, SEED_B1, SEED_G, SEED_X, Benchmark, Impl, best_time, max_abs_err, rand
 
 C = 768
@@ -31,8 +33,6 @@ class _LayerNormCase(Benchmark):
         raise ValueError(kind)
 
     def expected(self, kind):
-        import qkv
-
         if kind == "layer_norm":
             with qkv.use_backend("numpy"):
                 return qkv.layer_norm(*self.host, eps=1e-5)

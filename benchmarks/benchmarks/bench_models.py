@@ -17,6 +17,8 @@ import inspect
 
 import numpy as np
 
+import qkv
+
 from .common import IMPLS, Benchmark, Impl, skip, token_ids
 
 GPT2_SMALL = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
@@ -49,8 +51,6 @@ def _oracle(self, kind):
     """
     if self.impl.name != "cpu":
         raise NotImplementedError("the oracle re-runs qkv's model on NumPy arrays")
-    import qkv
-
     with qkv.use_backend("numpy"):
         return self.run(kind)
 

@@ -9,6 +9,8 @@ NumPy oracle; ``time_<kind>`` calls ``run(kind)`` and nothing else (tests/test_b
 
 import numpy as np
 
+import qkv
+
 from .common import IMPLS, SEED_X, Benchmark, Impl, best_time, max_abs_err, rand, require_xl
 
 H = 12
@@ -53,8 +55,6 @@ class _SoftmaxCase(Benchmark):
         raise ValueError(kind)
 
     def expected(self, kind):
-        import qkv
-
         with qkv.use_backend("numpy"):
             if kind == "softmax":
                 return qkv.softmax(self.x_host)
