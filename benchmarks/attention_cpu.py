@@ -151,8 +151,7 @@ else:
     tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
     F.scaled_dot_product_attention(tq[:, :, :64], tk[:, :, :64], tv[:, :, :64], is_causal=True)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    o = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)  # the output is 24 MiB of it
-    before += o.numel() * 4 // 1024
+    o = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)  # includes its fresh output
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print((after - before) / 1024)
 """
@@ -205,9 +204,11 @@ def markdown(result):
         lines += ["", f"Peak extra memory of one causal call at L = {result['memory']['L']} (RSS high-water growth, "
                   "fresh process; NumPy naive would need the (H, L, L) float32 scores: "
                   f"{result['memory']['numpy_scores_mib']:.0f} MiB):", ""]
+        notes = {"qkv": " (writes into a preallocated out=)",
+                 "torch": f" (includes its freshly allocated output, {H * result['memory']['L'] * D * 4 / 2**20:.0f} MiB)"}
         for lib in ("qkv", "torch"):
             if result["memory"].get(lib) is not None:
-                lines.append(f"- {lib}: {result['memory'][lib]:.1f} MiB")
+                lines.append(f"- {lib}: {result['memory'][lib]:.1f} MiB{notes[lib]}")
     return "\n".join(lines) + "\n"
 
 
