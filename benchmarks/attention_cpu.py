@@ -10,8 +10,8 @@ convention, 4*B*H*Lq*Lk*D, halved for causal. The same run measures
 - the FMA peak (benchmarks/dev/fma_peak.c: 24 chains of AVX-512 FMAs per thread), before and after,
 - the SGEMM peak (NumPy float32 matmul 2048^3, and torch.matmul),
 so every figure has its roofline next to it. Peak extra memory at L = 8192 is measured in a fresh
-subprocess per library as the growth of the resident-set high-water mark (ru_maxrss) during one call,
-inputs and output allocated and touched before. Writes benchmarks/results/attention_cpu.{json,md}.
+subprocess per library: the resident set (/proc/self/statm) polled every 0.2 ms during one causal
+call, minus the resident set just before it (inputs and output allocated and touched before). Writes benchmarks/results/attention_cpu.{json,md}.
 NumPy naive attention materialises the (H, L, L) scores; it runs only for L <= 2048.
 """
 
@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -134,26 +133,41 @@ def _kernel_path(q, k, v):
 
 
 MEMORY_SCRIPT = r"""
-import resource, sys, numpy as np
+import os, sys, threading, time
+import numpy as np
 lib, L, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
 rng = np.random.default_rng(0)
-q, k, v = (rng.standard_normal((1, 12, L, 64), dtype=np.float32) for _ in range(3))
-out = np.zeros_like(q)
+q, k, v, out = (np.empty((1, 12, L, 64), np.float32) for _ in range(4))
+for a in (q, k, v):
+    rng.standard_normal(a.shape, dtype=np.float32, out=a)
+out.fill(0)
 if lib == "qkv":
     import qkv
     qkv.set_num_threads(threads)
     qkv.attention(q[:, :, :64], k[:, :, :64], v[:, :, :64], causal=True)  # load, spawn threads
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    qkv.attention(q, k, v, causal=True, out=out)
+    call = lambda: qkv.attention(q, k, v, causal=True, out=out)
 else:
     import torch, torch.nn.functional as F
     torch.set_num_threads(threads)
     tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
     F.scaled_dot_product_attention(tq[:, :, :64], tk[:, :, :64], tv[:, :, :64], is_causal=True)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    o = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)  # includes its fresh output
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) / 1024)
+    call = lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)  # includes its fresh output
+peak, done = [0], threading.Event()
+def sample():  # the resident set, polled every 0.2 ms while the call runs
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.0002)
+before = rss()
+t = threading.Thread(target=sample)
+t.start()
+res = call()
+done.set()
+t.join()
+print((max(peak[0], rss()) - before) / 2**20)
 """
 
 
@@ -201,7 +215,7 @@ def markdown(result):
                    if "torch_ms" in r else "- | - | - | ")
                 + f"{r['read_bw_gbs']:.1f} | {r['qkv_path']} |")
     if result.get("memory"):
-        lines += ["", f"Peak extra memory of one causal call at L = {result['memory']['L']} (RSS high-water growth, "
+        lines += ["", f"Peak extra memory of one causal call at L = {result['memory']['L']} (growth of the polled RSS, "
                   "fresh process; NumPy naive would need the (H, L, L) float32 scores: "
                   f"{result['memory']['numpy_scores_mib']:.0f} MiB):", ""]
         notes = {"qkv": " (writes into a preallocated out=)",
