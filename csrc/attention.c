@@ -24,8 +24,8 @@ Paths (one place: attn_choose_path):
   tiles skipped per 64-query sub-block, OpenMP over (batch, head, query block), costliest first.
 - split-K (decode: few queries, many keys): the keys of each (batch, head) are split into chunks
   across threads; each chunk's partial (m, l, acc) is merged by log-sum-exp.
-Shipped: tiled for float32 with AVX-512/AVX2 when Lq >= 16, split-K when Lq is small and B*Hq leaves
-threads idle, plain otherwise (float64, scalar builds, return_weights).
+Shipped: split-K for Lq <= 16 (decode), tiled for float32 with AVX-512/AVX2 otherwise, plain for the
+rest (float64 prefill, scalar builds) and whenever the weights are asked for.
 */
 #include <math.h>
 #include <stdlib.h>
@@ -477,9 +477,8 @@ static attn_part_f64 attn_splitk_row_f64(const attn_args* a, int simd) {
            : simd == QKV_SIMD_AVX2 ? attn_row_partial_f64_avx2 : attn_row_partial_f64_scalar;
 }
 
-#define SPLITK_MAX_LQ 16    // auto: split-K for at most this many queries ...
-#define SPLITK_MIN_LK 1024  // ... against at least this many keys
-#define SPLITK_CHUNK 512    // keys per chunk (more for very long caches: at most 64 chunks)
+#define SPLITK_MAX_LQ 16  // auto: split-K (with the SIMD row kernel) for at most this many queries
+#define SPLITK_CHUNK 512  // keys per chunk (more for very long caches: at most 64 chunks)
 
 static int64_t attn_splitk_chunk(int64_t Lk) {
     const int64_t c = (Lk + 63) / 64;
@@ -514,7 +513,7 @@ static int attn_make_args(attn_args* a, const int64_t* shape, const int64_t* str
 // The one place that picks a path. Only shapes, dtype, SIMD level and the request decide (never the
 // thread count), so 1 and n threads give identical results.
 static int attn_choose_path(int is_f32, const int64_t* shape, int has_weights, int path, int simd) {
-    const int64_t Lq = shape[3], Lk = shape[4];
+    const int64_t Lq = shape[3];
 #ifdef QKV_ATTN_HAVE_TILED
     const int tiled_ok = is_f32 && simd >= QKV_SIMD_AVX2 && !has_weights;
 #else
@@ -524,7 +523,7 @@ static int attn_choose_path(int is_f32, const int64_t* shape, int has_weights, i
     if (path == QKV_ATTN_PATH_TILED) return tiled_ok ? path : QKV_ATTN_PATH_PLAIN;
     if (path == QKV_ATTN_PATH_SPLITK) return splitk_ok ? path : QKV_ATTN_PATH_PLAIN;
     if (path != QKV_ATTN_PATH_AUTO) return QKV_ATTN_PATH_PLAIN;
-    if (splitk_ok && Lq <= SPLITK_MAX_LQ && Lk >= SPLITK_MIN_LK) return QKV_ATTN_PATH_SPLITK;
+    if (splitk_ok && Lq <= SPLITK_MAX_LQ) return QKV_ATTN_PATH_SPLITK;  // decode: 64-query tiles would idle
     if (tiled_ok && Lq > SPLITK_MAX_LQ) return QKV_ATTN_PATH_TILED;
     return QKV_ATTN_PATH_PLAIN;
 }
