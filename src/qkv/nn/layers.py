@@ -1,0 +1,199 @@
+"""The transformer, piece by piece. Every computation is a public qkv op, so a layer runs on the
+backend its arrays live on (NumPy -> cpu kernels, CuPy -> cuda kernels).
+
+Shapes: B batch, L sequence, C = n_embd (residual width), H heads, d = C / H head dim.
+Weights are stored (in, out), as qkv.linear takes them (GPT-2's Conv1D layout already is).
+"""
+
+import numpy as np
+
+import qkv
+from qkv.nn.module import Module
+
+
+def _zeros(xp, shape, dtype):
+    return xp.zeros(shape, dtype=dtype)
+
+
+class Linear(Module):
+    """y = activation(x @ weight + bias); weight (in, out)."""
+
+    def __init__(self, n_in, n_out, bias=True, dtype=np.float32, xp=np):
+        self.weight = _zeros(xp, (n_in, n_out), dtype)
+        self.bias = _zeros(xp, (n_out,), dtype) if bias else None
+
+    def __call__(self, x, activation=None, out=None):
+        return qkv.linear(x, self.weight, self.bias, activation, out=out)
+
+
+class LayerNorm(Module):
+    def __init__(self, n, eps=1e-5, dtype=np.float32, xp=np):
+        self.weight = xp.ones((n,), dtype=dtype)
+        self.bias = _zeros(xp, (n,), dtype)
+        self.eps = eps
+
+    def __call__(self, x, out=None):
+        return qkv.layer_norm(x, self.weight, self.bias, self.eps, out=out)
+
+
+class Embedding(Module):
+    """Token + learned position (+ token type) embeddings: (B, L) ids -> (B, L, C)."""
+
+    def __init__(self, vocab_size, n_positions, n_embd, n_types=0, dtype=np.float32, xp=np):
+        self.wte = _zeros(xp, (vocab_size, n_embd), dtype)  # token embeddings (V, C)
+        self.wpe = _zeros(xp, (n_positions, n_embd), dtype)  # position embeddings (P, C)
+        self.wtt = _zeros(xp, (n_types, n_embd), dtype) if n_types else None  # token types (T, C)
+
+    def __call__(self, ids, start=0, token_type_ids=None):
+        B, L = ids.shape
+        if start + L > self.wpe.shape[0]:
+            raise ValueError(f"positions {start}..{start + L - 1} exceed the {self.wpe.shape[0]} learned positions")
+        x = self.wte[ids] + self.wpe[start:start + L]  # (B, L, C)
+        if self.wtt is not None:
+            x += self.wtt[token_type_ids] if token_type_ids is not None else self.wtt[0]
+        return x
+
+
+class AttentionHead:
+    """One head of a MultiHeadAttention, as views into its fused weights (no copies).
+
+    Wq, Wk: (C, d) project the residual stream to queries and keys; the value map is factored as
+    Wv_down (C, d) then Wv_up (d, C): the head's slice of the value projection and of the output
+    matrix. A head's output is softmax(q k^T / sqrt(d)) (x Wv_down) Wv_up; the heads' outputs add up.
+    """
+
+    def __init__(self, mha, index):
+        self._mha, self.index = mha, index
+
+    def _cols(self, part):
+        C, d, h = self._mha.n_embd, self._mha.head_dim, self.index
+        return slice(part * C + h * d, part * C + (h + 1) * d)
+
+    @property
+    def Wq(self):
+        return self._mha.c_attn.weight[:, self._cols(0)]
+
+    @property
+    def Wk(self):
+        return self._mha.c_attn.weight[:, self._cols(1)]
+
+    @property
+    def Wv_down(self):
+        return self._mha.c_attn.weight[:, self._cols(2)]
+
+    @property
+    def Wv_up(self):
+        d, h = self._mha.head_dim, self.index
+        return self._mha.c_proj.weight[h * d:(h + 1) * d, :]
+
+    def biases(self):
+        b = self._mha.c_attn.bias
+        return (None, None, None) if b is None else (b[self._cols(0)], b[self._cols(1)], b[self._cols(2)])
+
+    def __call__(self, x, causal=True):
+        """This head's contribution to the residual stream, (B, L, C) -> (B, L, C) (for inspection)."""
+        bq, bk, bv = self.biases()
+        q = qkv.linear(x, self.Wq, bq)[:, None]  # (B, 1, L, d)
+        k = qkv.linear(x, self.Wk, bk)[:, None]
+        v = qkv.linear(x, self.Wv_down, bv)[:, None]
+        y = qkv.attention(q, k, v, causal=causal)[:, 0]  # (B, L, d)
+        return qkv.linear(y, self.Wv_up)
+
+    def num_parameters(self):
+        return int(self.Wq.size + self.Wk.size + self.Wv_down.size + self.Wv_up.size)
+
+
+class MultiHeadAttention(Module):
+    """H heads in parallel, their Wq/Wk/Wv_down fused into one (C, 3C) c_attn and their Wv_up
+    stapled into one (C, C) output matrix c_proj, as implementations do.
+
+    Self-attention by default; with ``cross=True`` queries come from x and keys/values from a
+    context (q_attn (C, C), c_attn (C, 2C) over the context).
+    """
+
+    def __init__(self, n_embd, n_head, causal=True, cross=False, bias=True, dtype=np.float32, xp=np):
+        self.n_embd, self.n_head, self.head_dim = n_embd, n_head, n_embd // n_head
+        self.causal, self.cross = causal, cross
+        if cross:
+            self.q_attn = Linear(n_embd, n_embd, bias, dtype, xp)
+            self.c_attn = Linear(n_embd, 2 * n_embd, bias, dtype, xp)
+        else:
+            self.c_attn = Linear(n_embd, 3 * n_embd, bias, dtype, xp)
+        self.c_proj = Linear(n_embd, n_embd, bias, dtype, xp)
+
+    @property
+    def heads(self):
+        if self.cross:
+            raise ValueError("heads: the per-head view is defined for self-attention")
+        return [AttentionHead(self, h) for h in range(self.n_head)]
+
+    def _split(self, t, parts):
+        """(B, L, parts*C) -> `parts` views (B, H, L, d) with a contiguous last axis (no copy)."""
+        B, L, _ = t.shape
+        t = t.reshape(B, L, parts, self.n_head, self.head_dim)
+        return [t[:, :, i].transpose(0, 2, 1, 3) for i in range(parts)]
+
+    def __call__(self, x, *, context=None, mask=None, kv_lengths=None, cache=None, layer=0, return_weights=False):
+        """x (B, L, C) -> (B, L, C) [, weights (B, H, L, Lk)].
+
+        cache: a KVCache; this call's keys/values are appended at the cache's current length and
+        attention runs over everything cached so far (bottom-right causal alignment).
+        """
+        B, L, C = x.shape
+        if self.cross:
+            if context is None:
+                raise ValueError("cross-attention needs a context (B, Lk, C)")
+            (q,) = self._split(self.q_attn(x), 1)
+            k, v = self._split(self.c_attn(context), 2)
+        else:
+            q, k, v = self._split(self.c_attn(x), 3)  # each (B, H, L, d)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)  # (B, H, t + L, d) views into the cache
+        res = qkv.attention(q, k, v, causal=self.causal and not self.cross, mask=mask, kv_lengths=kv_lengths,
+                            return_weights=return_weights)
+        y, weights = res if return_weights else (res, None)
+        y = y.transpose(0, 2, 1, 3).reshape(B, L, C)  # (B, L, H, d) -> (B, L, C)
+        y = self.c_proj(y)
+        return (y, weights) if return_weights else y
+
+
+class MLP(Module):
+    """linear -> activation (fused into the first GEMM's epilogue) -> linear."""
+
+    def __init__(self, n_embd, n_inner, activation="gelu_tanh", bias=True, dtype=np.float32, xp=np):
+        self.c_fc = Linear(n_embd, n_inner, bias, dtype, xp)
+        self.c_proj = Linear(n_inner, n_embd, bias, dtype, xp)
+        self.activation = activation
+
+    def __call__(self, x):
+        return self.c_proj(self.c_fc(x, self.activation))
+
+
+class Block(Module):
+    """One transformer block: attention then MLP, each with a residual connection.
+
+    pre_ln=True (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+    pre_ln=False (BERT): ln_1(x + attn(x)), then ln_2(x + mlp(x)).
+    """
+
+    def __init__(self, n_embd, n_head, n_inner, eps=1e-5, activation="gelu_tanh", pre_ln=True, causal=True,
+                 bias=True, dtype=np.float32, xp=np):
+        self.pre_ln = pre_ln
+        self.ln_1 = LayerNorm(n_embd, eps, dtype, xp)
+        self.attn = MultiHeadAttention(n_embd, n_head, causal=causal, bias=bias, dtype=dtype, xp=xp)
+        self.ln_2 = LayerNorm(n_embd, eps, dtype, xp)
+        self.mlp = MLP(n_embd, n_inner, activation, bias, dtype, xp)
+
+    def __call__(self, x, *, mask=None, kv_lengths=None, cache=None, layer=0, return_weights=False):
+        kw = dict(mask=mask, kv_lengths=kv_lengths, cache=cache, layer=layer, return_weights=return_weights)
+        if self.pre_ln:
+            a = self.attn(self.ln_1(x), **kw)
+            a, w = a if return_weights else (a, None)
+            x = x + a
+            x += self.mlp(self.ln_2(x))
+        else:
+            a = self.attn(x, **kw)
+            a, w = a if return_weights else (a, None)
+            x = self.ln_1(x + a)
+            x = self.ln_2(x + self.mlp(x))
+        return (x, w) if return_weights else x

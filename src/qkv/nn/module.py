@@ -1,0 +1,76 @@
+"""A minimal module base: parameters are array attributes, submodules are Module attributes (or
+lists of them). It gives named parameters (HF-style dotted names), counting, and device moves."""
+
+import numpy as np
+
+from qkv import _backend
+
+
+class Module:
+    """Base class of qkv.nn layers and models. Subclasses assign arrays and submodules in __init__."""
+
+    def _children(self):
+        for name, value in vars(self).items():
+            if name.startswith("_"):
+                continue
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(m, Module) for m in value):
+                for i, m in enumerate(value):
+                    yield f"{name}.{i}", m
+
+    def named_parameters(self, prefix=""):
+        """(dotted name, array) for every parameter, recursively."""
+        for name, value in vars(self).items():
+            if name.startswith("_") or value is None:
+                continue
+            if _backend.array_kind(value) is not None:
+                yield prefix + name, value
+        for name, child in self._children():
+            yield from child.named_parameters(prefix + name + ".")
+
+    def num_parameters(self):
+        return int(sum(p.size for _, p in self.named_parameters()))
+
+    def _map_arrays(self, fn):
+        for name, value in list(vars(self).items()):
+            if not name.startswith("_") and value is not None and _backend.array_kind(value) is not None:
+                setattr(self, name, fn(value))
+        for _, child in self._children():
+            child._map_arrays(fn)
+
+    def to(self, device):
+        """Move every parameter to ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy); returns self.
+
+        Raises qkv.BackendUnavailable (with the reason) when the CUDA backend cannot run here.
+        """
+        if device == "cuda":
+            _backend._module("cuda")  # raises BackendUnavailable with the reason
+            import cupy
+
+            self._map_arrays(cupy.asarray)
+        elif device == "cpu":
+            self._map_arrays(lambda a: a.get() if _backend.array_kind(a) == "cupy" else np.asarray(a))
+        else:
+            raise ValueError(f"to: device must be 'cpu' or 'cuda', got {device!r}")
+        self._on_move()
+        return self
+
+    def _on_move(self):
+        """Hook: rebuild derived views after parameters moved."""
+        for _, child in self._children():
+            child._on_move()
+
+    @property
+    def device(self):
+        for _, p in self.named_parameters():
+            return "cuda" if _backend.array_kind(p) == "cupy" else "cpu"
+        return "cpu"
+
+    def xp(self):
+        """The array module of this model's parameters (numpy or cupy)."""
+        if self.device == "cuda":
+            import cupy
+
+            return cupy
+        return np
