@@ -183,7 +183,8 @@ ATTN_PLAIN_DRIVER(double, f64, qkv_neg_inf_d(), log)
 #define ATTN_LOG2E 1.44269504088896341f
 
 // Apply the user mask to St (nk, ldq) for the nq real lanes whose rows start at r0 (keys kt..kt+nk).
-static void attn_tile_mask_f32(float* restrict St, int64_t ldq, const attn_args* a, int64_t r0, int64_t nq,
+// Returns 0 (and does nothing) for a bool mask with a row per lane: the ISA builds do that one.
+static int attn_tile_mask_f32(float* restrict St, int64_t ldq, const attn_args* a, int64_t r0, int64_t nq,
                                int64_t kt, int64_t nk) {
     const float ninf = qkv_neg_inf_f();
     int shared = 1;  // one mask row for every query of the block (a padding mask broadcast over queries)
@@ -202,21 +203,17 @@ static void attn_tile_mask_f32(float* restrict St, int64_t ldq, const attn_args*
                     for (int64_t ln = 0; ln < nq; ln++) sj[ln] += x * ATTN_LOG2E;
             }
         }
-        return;
+        return 1;
     }
-    for (int64_t ln = 0; ln < nq; ln++) {
-        if (a->mask_kind == QKV_ATTN_MASK_BOOL) {
-            const uint8_t* mb = (const uint8_t*)a->mask + a->mask_off[r0 + ln] + kt;
-            for (int64_t j = 0; j < nk; j++)
-                if (!mb[j]) St[j * ldq + ln] = ninf;
-        } else {
-            const float* ma = (const float*)a->mask + a->mask_off[r0 + ln] + kt;
-            for (int64_t j = 0; j < nk; j++) {
-                const float x = ma[j];
-                St[j * ldq + ln] = x == ninf ? ninf : St[j * ldq + ln] + x * ATTN_LOG2E;
-            }
+    if (a->mask_kind == QKV_ATTN_MASK_BOOL) return 0;
+    for (int64_t ln = 0; ln < nq; ln++) {  // additive, a row per lane: strided, every entry
+        const float* ma = (const float*)a->mask + a->mask_off[r0 + ln] + kt;
+        for (int64_t j = 0; j < nk; j++) {
+            const float x = ma[j];
+            St[j * ldq + ln] = x == ninf ? ninf : St[j * ldq + ln] + x * ATTN_LOG2E;
         }
     }
+    return 1;
 }
 
 // does any of the nk rows (Dv wide, vl apart) hold a NaN or Inf?
@@ -235,6 +232,7 @@ static int attn_nonfinite_rows_f32(const float* V, int64_t vl, int64_t nk, int64
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define QKV_ATTN_HAVE_TILED 1
+#define ZB_VALID(n) ((n) >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << (n)) - 1))
 #include <immintrin.h>
 
 // exp2 coefficients: Taylor series of 2^r = e^(r ln2) to degree 6 on |r| <= 1/2 (relative error
@@ -282,6 +280,10 @@ static inline __m512 vexp2__avx512(__m512 x) {
 #define VZERO _mm512_setzero_ps()
 #define VSEL_EQ(a, b, x, y) _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ), y, x)
 #define VHSUM(x) _mm512_reduce_add_ps(x)
+// bit j set where p[j] == 0, j < n <= 64 (a masked load: no byte past p + n is touched)
+#define ZERO_BYTES(p, n)                                                                                 \
+    ((uint64_t)_mm512_testn_epi8_mask(_mm512_maskz_loadu_epi8(ZB_VALID(n), p),                           \
+                                      _mm512_maskz_loadu_epi8(ZB_VALID(n), p)) & ZB_VALID(n))
 #define VHIDE_BELOW(x, base, t)                                                                          \
     _mm512_mask_mov_ps(x,                                                                               \
                        _mm512_cmplt_epi32_mask(_mm512_add_epi32(_mm512_set1_epi32((int)(base)),          \
@@ -308,6 +310,7 @@ static inline __m512 vexp2__avx512(__m512 x) {
 #undef VZERO
 #undef VSEL_EQ
 #undef VHSUM
+#undef ZERO_BYTES
 #undef VHIDE_BELOW
 QKV_END_TARGET
 
@@ -317,6 +320,18 @@ static inline float hsum8(__m256 x) {
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     h = _mm_add_ss(h, _mm_movehdup_ps(h));
     return _mm_cvtss_f32(h);
+}
+static inline uint64_t zero_bytes_avx2(const uint8_t* p, int n) {
+    if (n < 64) {
+        uint64_t z = 0;
+        for (int j = 0; j < n; j++) z |= (uint64_t)(p[j] == 0) << j;
+        return z;
+    }
+    const __m256i zero = _mm256_setzero_si256();
+    const uint32_t lo = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i*)p), zero));
+    const uint32_t hi =
+        (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256((const __m256i*)(p + 32)), zero));
+    return (uint64_t)lo | (uint64_t)hi << 32;
 }
 // 2^x for x <= 0 or NaN, as above; AVX2 has no vscalefps: 2^n is built in the exponent bits from x
 // clamped to -126, and lanes below -126 (including -inf) are set to 0 afterwards.
@@ -352,6 +367,7 @@ static inline __m256 vexp2__avx2(__m256 x) {
 #define VZERO _mm256_setzero_ps()
 #define VSEL_EQ(a, b, x, y) _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_EQ_OQ))
 #define VHSUM(x) hsum8(x)
+#define ZERO_BYTES(p, n) zero_bytes_avx2(p, n)
 #define VHIDE_BELOW(x, base, t)                                                                          \
     _mm256_blendv_ps(x, _mm256_set1_ps(qkv_neg_inf_f()),                                                \
                      _mm256_castsi256_ps(_mm256_cmpgt_epi32(                                            \
@@ -376,6 +392,7 @@ static inline __m256 vexp2__avx2(__m256 x) {
 #undef VZERO
 #undef VSEL_EQ
 #undef VHSUM
+#undef ZERO_BYTES
 #undef VHIDE_BELOW
 QKV_END_TARGET
 #endif  // x86
