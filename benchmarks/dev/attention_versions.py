@@ -23,13 +23,24 @@ Versions
   decode: d1 plain rows over the keys per head (path plain), d2 split-K with the SIMD row kernel
   and a log-sum-exp merge (ships for Lq <= 16 and Lk >= 1024).
 
-What the measurements taught (this 2-vCPU VM; see benchmarks/results/attention_cpu.md):
-- The two vCPUs share one core's FMA units: the FMA peak with 2 threads (~150 GFLOP/s) equals the
-  1-thread peak, so "80% of peak" means ~120 GFLOP/s in total, and a second thread only hides stalls.
-- Negative results: a single max chain in the online softmax (vmaxps latency-bound: 4 chains are
-  faster); a remainder loop of 1-key microkernels when the tile is not a multiple of RK (a switch on
-  the remainder with constant rk keeps the accumulators unrolled); the plain row kernel for decode
-  (one horizontal reduction and one scalar exp per key: ~2x slower than the SIMD row kernel).
+What the measurements taught (2-vCPU Xeon VM shared with other jobs; use --cpu-time there):
+- One thread, CPU time: v1 plain ~11 GFLOP/s, v2 AVX2 45-54, v3-v8 AVX-512 93-116 GFLOP/s (60-75%
+  of the 1-thread FMA peak, ~155 GFLOP/s); the block-size variants v4-v8 are within noise of each
+  other, so v4 ships (smallest scratch). Profile of v4: the two microkernels ~80% of the time,
+  online softmax ~12%, packing Q^T and the rest ~8%.
+- On Intel the softmax's vector ops run on the same two ports as the FMAs, so every op per score
+  vector counts (128 FMAs per score vector at D = 64): exp2 has one rounding and a degree-6
+  polynomial; the max pass runs 4 independent chains (one vmaxps chain was latency-bound, ~6%).
+- Negative results: an exp2 that let -inf scores underflow through denormals (clamp at -160, then
+  vscalefps) cost a microcode assist per masked entry: padding-masked calls 50 ms instead of 33 ms
+  at L = 1024, causal diagonal tiles too; clamping at -126 and zeroing with a masked vscalefps fixed
+  it. Checking each V tile for NaN/Inf inside every work item cost ~3% (now once per call). A
+  remainder loop of 1-key microkernels when a tile is not a multiple of RK (a switch with constant
+  rk keeps the accumulators in registers). Strided scalar writes for per-query bool masks (now SIMD
+  zero-byte bitmasks: 74 -> 47 ms at L = 1024 with a random mask, 39 ms without a mask). The plain
+  row kernel for decode (one horizontal reduction and one scalar exp per key): d2 is ~1.3x faster.
+- Decode (Lq = 1, Lk = 4096) reads 25 MB of K/V and runs at the read bandwidth of the machine
+  (~23 GB/s per core), so splitting keys across threads is what pays, not compute.
 """
 
 import argparse
