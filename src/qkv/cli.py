@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["info", "demo", "bench"]
+COMMANDS = ["info", "demo", "bench", "embed", "similarity", "generate", "inspect", "params"]
 
 
 class CommandError(Exception):
