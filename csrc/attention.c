@@ -400,9 +400,9 @@ QKV_END_TARGET
 // ---------------------------------------------------------------------------------------------
 // split-K path
 
-// Split-K driver (decode): work items are (b, h, key chunk); each computes, for every query of the
-// head, the unnormalised partial (acc, m, l) of its chunk; a second loop merges a row's chunks by
-// log-sum-exp: M = max m_c, l = sum l_c e^(m_c - M), out = sum acc_c e^(m_c - M) / l. The chunking
+// Split-K driver (decode): work items are (b, kv head, key chunk); each computes, for every query of
+// every query head reading that kv head, the unnormalised partial (acc, m, l) of its chunk (so GQA
+// reads each K/V chunk once); a second loop merges a row's chunks by log-sum-exp: M = max m_c, l = sum l_c e^(m_c - M), out = sum acc_c e^(m_c - M) / l. The chunking
 // depends on the shapes only, so results do not depend on the thread count.
 #define ATTN_SPLITK_DRIVER(T, SFX, NEG_INF, EXP, LOG)                                                   \
     static int attn_splitk_##SFX(T* out, T* lse, const T* q, const T* k, const T* v, const attn_args* a, \
@@ -412,8 +412,8 @@ QKV_END_TARGET
         part_fn part = attn_splitk_row_##SFX(a, simd);                                                  \
         const int64_t Lq = a->Lq, Dv = a->Dv, BH = a->B * a->Hq, group = a->Hq / a->Hkv;                 \
         const int64_t chunk = attn_splitk_chunk(a->Lk), nch = (a->Lk + chunk - 1) / chunk;               \
-        const int64_t items = BH * nch, stride = Dv + 2; /* one partial: acc (Dv,), m, l */              \
-        T* parts = (T*)attn_alloc(sizeof(T) * (size_t)(items * Lq * stride));                           \
+        const int64_t items = a->B * a->Hkv * nch, stride = Dv + 2; /* one partial: acc (Dv,), m, l */  \
+        T* parts = (T*)attn_alloc(sizeof(T) * (size_t)(BH * nch * Lq * stride));                        \
         if (!parts) return QKV_ENOMEM;                                                                   \
         int failed = 0;                                                                                  \
         QKV_OMP(parallel num_threads(n_threads) if(n_threads > 1 && items > 1))                          \
@@ -426,10 +426,12 @@ QKV_END_TARGET
             QKV_OMP(for schedule(dynamic, 1))                                                            \
             for (int64_t t = 0; t < items; t++) {                                                        \
                 if (!s) continue;                                                                        \
-                const int64_t bh = t / nch, c = t % nch, b = bh / a->Hq, h = bh % a->Hq, hk = h / group; \
+                /* one K/V chunk, every query head of its group: GQA reads each chunk once */            \
+                const int64_t bk = t / nch, c = t % nch, b = bk / a->Hkv, hk = bk % a->Hkv;              \
                 const T* kr = k + b * a->kb + hk * a->kh;                                                \
                 const T* vr = v + b * a->vb + hk * a->vh;                                                \
-                for (int64_t i = 0; i < Lq; i++) {                                                       \
+                for (int64_t g = 0; g < group * Lq; g++) {                                               \
+                    const int64_t h = hk * group + g / Lq, i = g % Lq, bh = b * a->Hq + h;               \
                     const int64_t r = bh * Lq + i, end = attn_key_end(a, b, i);                          \
                     const int64_t j0 = c * chunk, j1 = j0 + chunk < end ? j0 + chunk : end;              \
                     T* pr = parts + ((bh * nch + c) * Lq + i) * stride;                                  \
