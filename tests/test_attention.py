@@ -12,7 +12,7 @@ from qkv import _reference as ref
 
 cpu_attention = importlib.import_module("qkv._cpu.attention")  # the module (qkv._cpu.attention is the function)
 
-PATHS = ["auto", "plain", "tiled", "split-k"]
+PATHS = ["plain", "tiled", "split-k"]  # "auto" picks one of these (test_auto_path_choice)
 
 
 @pytest.fixture(params=PATHS)
@@ -236,3 +236,17 @@ def test_head_dim_limit():
 def test_set_path_rejects_unknown_names():
     with pytest.raises(ValueError, match="set_path"):
         cpu_attention.set_path("fast")
+
+
+def test_auto_path_choice():
+    """auto: split-K for decode (Lq <= 16), tiled for float32 prefill with SIMD, plain otherwise."""
+    kp = cpu_attention.kernel_path
+    simd = qkv._config.simd_level()
+    assert kp((1, 12, 1, 64), (1, 12, 4096, 64), (1, 12, 4096, 64)) == "split-k"
+    assert kp((1, 12, 512, 64), (1, 12, 512, 64), (1, 12, 512, 64)) == ("tiled" if simd >= 1 else "plain")
+    assert kp((1, 12, 512, 64), (1, 12, 512, 64), (1, 12, 512, 64), dtype=np.float64) == "plain"
+    assert kp((1, 12, 512, 64), (1, 12, 512, 64), (1, 12, 512, 64), return_weights=True) == "plain"
+    rng = np.random.default_rng(16)
+    for Lq in (1, 100):  # auto gives the oracle's answer on both sides of the switch
+        q, k, v = randn(rng, (1, 2, Lq, 64), np.float32), randn(rng, (1, 2, 300, 64), np.float32), randn(rng, (1, 2, 300, 64), np.float32)
+        check(q, k, v, causal=True)
