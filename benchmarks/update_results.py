@@ -97,7 +97,7 @@ def render():
            "*Tracking performance*.", "",
            "## Machine", "",
            f"- date: {m['date_utc']} UTC",
-           f"- CPU: {m['machine']}, {m['threads']} threads for qkv and torch, qkv SIMD level {m['simd']['in_use']}",
+           f"- CPU: {m.get('cpu_model', m['machine'])}, {m['threads']} threads for qkv and torch, qkv SIMD level {m['simd']['in_use']}",
            f"- qkv {m['qkv']}, Python {m['python']}, NumPy {m['numpy']}, SciPy {m['scipy']}, torch {torch}",
            f"- BLAS (threadpoolctl): {blas}",
            f"- environment: {', '.join(f'{k}={v}' for k, v in m.get('env', {}).items()) or 'no OMP/OpenBLAS overrides'}",
@@ -108,8 +108,13 @@ def render():
            f"({', '.join(f'{k} {v:.0f}' for k, v in bench['sgemm_rates'].items())}; float32, "
            f"{'1024' if bench['quick'] else '2048'}³)", "",
            "## Headline shapes (`qkv bench`), float32", ""]
+    from qkv._bench import backends_absent
+
+    absent = backends_absent(bench)
     rows = []
     for r in bench["results"]:
+        if r["backend"] in absent:
+            continue
         if r["status"] != "ok":
             rows.append([r["case"], r["shape"], r["backend"], f"{r['status']}: {r['reason'][:60]}", "", "", "", "", "", ""])
             continue
@@ -119,6 +124,7 @@ def render():
                      _x(r["speedup_vs_numpy"]), _x(r["speedup_vs_torch"]), f"{r['max_abs_err']:.1e}"])
     out.append(_md_table(["case", "shape", "backend", "time", "GFLOP/s", "GB/s", "% SGEMM peak", "vs NumPy",
                           "vs torch", "max err"], rows))
+    out += [""] + [f"Not measured here: `{name}` ({reason})." for name, reason in absent.items()]
     out += ["", "GFLOP/s: GEMM 2·M·K·N; attention 4·B·H·Lq·Lk·D, halved for causal (FlashAttention's convention). "
             "*vs X* is X's time divided by this row's time. max err: against the NumPy float64 oracle.", ""]
     tp_path = os.path.join(RESULTS, "attention_throughput.json")
@@ -152,6 +158,18 @@ def render():
         out.append(_md_table(["L"] + impls, [[L] + [cell(get[(i, L)]) if (i, L) in get else "-" for i in impls]
                                              for L in Ls]))
         out.append("")
+    out += ["## Reading these numbers", "",
+            "- Medians after a warm-up, float32, on the threads listed above for qkv and torch alike. Other "
+            "processes on the same cores move them: on a 2-core machine an OpenMP kernel whose thread is "
+            "descheduled waits a whole scheduler slice at its barrier, which shows up as times in steps of a "
+            "few milliseconds. Re-measure on a quiet machine before comparing releases.",
+            "- `OPENBLAS_CORETYPE=Haswell` (set on some machines) forces OpenBLAS's AVX2 kernel and halves "
+            "the SGEMM peak, for NumPy and for the SciPy BLAS behind `qkv.linear` alike; the BLAS line above "
+            "says which kernel ran.",
+            "- A fresh output array costs first-touch page faults on every call once glibc returns large "
+            "freed blocks to the OS; qkv's hot paths take `out=` (and the models reuse a preallocated KV "
+            "cache). Raising `MALLOC_TRIM_THRESHOLD_`/`MALLOC_MMAP_THRESHOLD_` helps callers that allocate.",
+            "- Over time, per commit: the asv suite (`asv run`, `asv publish`), see README.", ""]
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
         f.write("\n".join(out))
     print(f"wrote {os.path.join(ROOT, 'BENCHMARKS.md')}")

@@ -278,6 +278,7 @@ def machine_facts():
     from qkv.commands.info import collect
 
     facts = collect()
+    facts["cpu_model"] = _cpu_model()
     libc = platform.libc_ver()
     facts["allocator"] = {
         "libc": " ".join(libc).strip() or "unknown",
@@ -295,6 +296,17 @@ def machine_facts():
         facts["torch"] = None
     facts["date_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     return facts
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class Progress:
@@ -412,6 +424,14 @@ def _fmt(v, spec, suffix=""):
     return "-" if v is None else f"{v:{spec}}{suffix}"
 
 
+def backends_absent(report):
+    """{backend: reason} for implementations skipped in every case for one reason (e.g. no CuPy)."""
+    by = {}
+    for r in report["results"]:
+        by.setdefault(r["backend"], set()).add(r.get("reason") if r["status"] == "skipped" else None)
+    return {name: next(iter(reasons)) for name, reasons in by.items() if len(reasons) == 1 and None not in reasons}
+
+
 def format_table(report):
     m = report["machine"]
     lines = []
@@ -420,7 +440,7 @@ def format_table(report):
     alloc = m["allocator"]
     lines.append(f"qkv {m['qkv']}  Python {m['python']}  NumPy {m['numpy']}  SciPy {m['scipy']}  "
                  f"torch {m['torch']['version'] if m['torch'] else 'not installed'}  {m['date_utc']} UTC")
-    lines.append(f"machine {m['machine']}, {m['threads']} threads, SIMD {m['simd']['in_use']}; BLAS: {blas}")
+    lines.append(f"machine {m.get('cpu_model', m['machine'])}, {m['threads']} threads, SIMD {m['simd']['in_use']}; BLAS: {blas}")
     lines.append(f"allocator: {alloc['libc']}, MALLOC_TRIM_THRESHOLD_={alloc['MALLOC_TRIM_THRESHOLD_']}, "
                  f"MALLOC_MMAP_THRESHOLD_={alloc['MALLOC_MMAP_THRESHOLD_']}")
     rates = ", ".join(f"{k} {v:.0f}" for k, v in report["sgemm_rates"].items())
@@ -430,7 +450,10 @@ def format_table(report):
             f"{'vs NumPy':>9} {'vs torch':>9} {'max err':>8}")
     lines.append(head)
     lines.append("-" * len(head))
+    absent = backends_absent(report)
     for r in report["results"]:
+        if r["backend"] in absent:
+            continue
         if r["status"] != "ok":
             lines.append(f"{r['case']:<17} {r['shape']:<26} {r['backend']:<7} {r['status']}: {r['reason'][:70]}")
             continue
@@ -440,6 +463,8 @@ def format_table(report):
             f"{_fmt(r['speedup_vs_numpy'], '.2f', 'x'):>9} {_fmt(r['speedup_vs_torch'], '.2f', 'x'):>9} "
             f"{r['max_abs_err']:>8.1e}"
         )
+    for name, reason in absent.items():
+        lines.append(f"{name}: not measured ({reason})")
     lines.append("")
     lines.append("GFLOP/s: GEMM 2*M*K*N, attention 4*B*H*Lq*Lk*D (halved for causal); % peak of the SGEMM rate "
                  "above. vs X: X's time / this time.")
