@@ -86,13 +86,56 @@ def _strip_prefix(tensors, prefixes):
     return tensors
 
 
+def _check_layout(config, tensors, embedding, layer_prefix):
+    """The config must describe the checkpoint before anything is allocated from it: the token
+    embedding's shape and the number of layers are compared first, then every tensor's shape
+    (_check_sources), so a malformed or hostile config.json (say n_positions = 10**8) is a
+    ValueError, not a huge allocation: nothing larger than the file's own contents is allocated."""
+    want = (config.vocab_size, config.n_embd)
+    if embedding not in tensors:
+        raise ValueError(f"checkpoint is missing tensor {embedding!r}")
+    if tuple(tensors[embedding].shape) != want:
+        raise ValueError(f"tensor {embedding!r} has shape {tuple(tensors[embedding].shape)}; config.json says {want}")
+    layers = {int(k[len(layer_prefix):].split(".")[0]) for k in tensors
+              if k.startswith(layer_prefix) and k[len(layer_prefix):].split(".")[0].isdigit()}
+    if layers != set(range(config.n_layer)):
+        raise ValueError(f"config.json says {config.n_layer} layers but the checkpoint holds {len(layers)}")
+
+
+class _ShapesOnly:
+    """An array namespace whose zeros/ones allocate nothing (broadcast views of one scalar): a model
+    built on it has every parameter's shape at no memory cost."""
+
+    @staticmethod
+    def zeros(shape, dtype=None):
+        return np.broadcast_to(np.zeros((), dtype), shape)
+
+    ones = zeros
+
+
+def _check_sources(cls, config, tensors, mapping, transpose=()):
+    """Every tensor the model needs exists with the right shape and a float dtype, checked against
+    a shapes-only model before anything real is allocated."""
+    shapes = {name: p.shape for name, p in cls(config, xp=_ShapesOnly).named_parameters()}
+    for target, source in mapping.items():
+        if source not in tensors:
+            raise ValueError(f"checkpoint is missing tensor {source!r} (for {target})")
+        t = tensors[source]
+        if t.dtype.kind != "f":
+            raise ValueError(f"tensor {source!r} has dtype {t.dtype}; expected floating point")
+        shape = t.shape[::-1] if target in transpose else t.shape
+        if tuple(shape) != tuple(shapes[target]):
+            raise ValueError(f"tensor {source!r} has shape {tuple(t.shape)}; {target} needs "
+                             f"{tuple(shapes[target])[::-1] if target in transpose else tuple(shapes[target])}")
+
+
 def load_gpt2(cls, path, dtype=np.float32):
     from qkv.nn.config import GPTConfig
 
     folder = _folder(path)
     config = GPTConfig.from_hf(read_config(folder))
     tensors = _strip_prefix(read_safetensors(folder), ("transformer.",))
-    model = cls(config, dtype=dtype)
+    _check_layout(config, tensors, "wte.weight", "h.")
     # GPT-2's Conv1D weights are already (in, out), qkv.linear's layout: nothing to transpose
     mapping = {"embeddings.wte": "wte.weight", "embeddings.wpe": "wpe.weight",
                "ln_f.weight": "ln_f.weight", "ln_f.bias": "ln_f.bias"}
@@ -101,6 +144,8 @@ def load_gpt2(cls, path, dtype=np.float32):
                              ("attn.c_proj", "attn.c_proj"), ("mlp.c_fc", "mlp.c_fc"), ("mlp.c_proj", "mlp.c_proj")):
             mapping[f"h.{i}.{ours}.weight"] = f"h.{i}.{theirs}.weight"
             mapping[f"h.{i}.{ours}.bias"] = f"h.{i}.{theirs}.bias"
+    _check_sources(cls, config, tensors, mapping)
+    model = cls(config, dtype=dtype)
     _assign(model, tensors, mapping, dtype)
     model.tokenizer = _maybe_tokenizer(folder)
     return model
@@ -113,6 +158,7 @@ def load_bert(cls, path, dtype=np.float32):
     folder = _folder(path)
     config = BertConfig.from_hf(read_config(folder))
     tensors = _strip_prefix(read_safetensors(folder), ("bert.", "model."))
+    _check_layout(config, tensors, "embeddings.word_embeddings.weight", "encoder.layer.")
     # BERT keeps separate query/key/value (out, in) weights: fuse them into c_attn (C, 3C)
     for i in range(config.n_layer):
         p = f"encoder.layer.{i}.attention.self."
@@ -122,7 +168,6 @@ def load_bert(cls, path, dtype=np.float32):
             tensors[f"fused.{i}.bias"] = np.concatenate([tensors[p + n + ".bias"] for n in ("query", "key", "value")])
         except KeyError as exc:
             raise ValueError(f"checkpoint is missing tensor {exc.args[0]!r} (for layer {i} attention)") from None
-    model = cls(config, dtype=dtype)
     mapping = {"embeddings.wte": "embeddings.word_embeddings.weight",
                "embeddings.wpe": "embeddings.position_embeddings.weight",
                "embeddings.wtt": "embeddings.token_type_embeddings.weight",
@@ -138,6 +183,8 @@ def load_bert(cls, path, dtype=np.float32):
             mapping[f"layer.{i}.{ours}.bias"] = theirs + ".bias"
             if ours in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
                 transpose.add(f"layer.{i}.{ours}.weight")  # nn.Linear stores (out, in)
+    _check_sources(cls, config, tensors, mapping, transpose)
+    model = cls(config, dtype=dtype)
     _assign(model, tensors, mapping, dtype, transpose)
     model.tokenizer = load_tokenizer(folder)
     model.max_seq_length = _max_seq_length(folder, config)

@@ -58,13 +58,13 @@ class GPTConfig:
         try:
             act = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}[
                 cfg.get("activation_function", "gelu_new")]
-            return cls(vocab_size=int(cfg["vocab_size"]), block_size=int(cfg.get("n_positions", cfg.get("n_ctx", 1024))),
-                       n_layer=int(cfg["n_layer"]), n_head=int(cfg["n_head"]), n_embd=int(cfg["n_embd"]),
-                       n_inner=None if cfg.get("n_inner") is None else int(cfg["n_inner"]),
+            return cls(vocab_size=_int(cfg["vocab_size"]), block_size=_int(cfg.get("n_positions", cfg.get("n_ctx", 1024))),
+                       n_layer=_int(cfg["n_layer"]), n_head=_int(cfg["n_head"]), n_embd=_int(cfg["n_embd"]),
+                       n_inner=None if cfg.get("n_inner") is None else _int(cfg["n_inner"]),
                        layer_norm_epsilon=float(cfg.get("layer_norm_epsilon", 1e-5)), activation=act)
         except KeyError as exc:
             raise ValueError(f"GPT-2 config.json is missing or has an unsupported field: {exc}") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"GPT-2 config.json has a malformed field: {exc}") from None
 
     def to_dict(self):
@@ -107,15 +107,24 @@ class BertConfig:
         """From a Hugging Face BERT config.json dict."""
         try:
             act = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}[cfg.get("hidden_act", "gelu")]
-            return cls(vocab_size=int(cfg["vocab_size"]), max_position_embeddings=int(cfg["max_position_embeddings"]),
-                       type_vocab_size=int(cfg.get("type_vocab_size", 2)), n_layer=int(cfg["num_hidden_layers"]),
-                       n_head=int(cfg["num_attention_heads"]), n_embd=int(cfg["hidden_size"]),
-                       n_inner=int(cfg["intermediate_size"]), layer_norm_epsilon=float(cfg.get("layer_norm_eps", 1e-12)),
-                       activation=act, pad_token_id=int(cfg.get("pad_token_id", 0) or 0))
+            return cls(vocab_size=_int(cfg["vocab_size"]), max_position_embeddings=_int(cfg["max_position_embeddings"]),
+                       type_vocab_size=_int(cfg.get("type_vocab_size", 2)), n_layer=_int(cfg["num_hidden_layers"]),
+                       n_head=_int(cfg["num_attention_heads"]), n_embd=_int(cfg["hidden_size"]),
+                       n_inner=_int(cfg["intermediate_size"]), layer_norm_epsilon=float(cfg.get("layer_norm_eps", 1e-12)),
+                       activation=act, pad_token_id=_int(cfg.get("pad_token_id", 0) or 0))
         except KeyError as exc:
             raise ValueError(f"BERT config.json is missing or has an unsupported field: {exc}") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"BERT config.json has a malformed field: {exc}") from None
+
+
+def _int(v):
+    """A config integer: an int, or a float with an integral value; anything else is a ValueError."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"expected an integer, got {v!r}")
+    if int(v) != v:
+        raise ValueError(f"expected an integer, got {v!r}")
+    return int(v)
 
 
 def config_fields(cfg):

@@ -1,0 +1,143 @@
+"""Hostile files: truncated, oversized-header, wrong-dtype and random safetensors files, and
+malformed config.json, fed to the checkpoint reader. Every failure is a clear exception
+(ValueError / FileNotFoundError); none crashes the interpreter or allocates what the file claims."""
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qkv.io import read_safetensors
+from qkv.nn import GPT
+
+FIX = Path(__file__).parent / "fixtures" / "tiny_gpt2"
+GOOD = (FIX / "model.safetensors").read_bytes()
+CONFIG = json.loads((FIX / "config.json").read_text())
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def load_bytes(tmp_path, data):
+    p = tmp_path / "model.safetensors"
+    p.write_bytes(data)
+    try:
+        read_safetensors(p)
+    except ValueError:
+        pass  # a clear refusal is the point
+
+
+@SETTINGS
+@given(cut=st.integers(0, len(GOOD) - 1))
+def test_truncated_files(tmp_path, cut):
+    with pytest.raises(ValueError):
+        read_safetensors_bytes(tmp_path, GOOD[:cut])
+
+
+def read_safetensors_bytes(tmp_path, data):
+    p = tmp_path / "model.safetensors"
+    p.write_bytes(data)
+    return read_safetensors(p)
+
+
+@SETTINGS
+@given(n=st.integers(2**20, 2**64 - 1), tail=st.binary(max_size=64))
+def test_oversized_header_length(tmp_path, n, tail):
+    with pytest.raises(ValueError):
+        read_safetensors_bytes(tmp_path, struct.pack("<Q", n) + tail)
+
+
+@SETTINGS
+@given(data=st.binary(max_size=256))
+def test_random_bytes(tmp_path, data):
+    load_bytes(tmp_path, data)
+
+
+@SETTINGS
+@given(flips=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), min_size=1, max_size=8))
+def test_corrupted_header_bytes(tmp_path, flips):
+    data = bytearray(GOOD)
+    for pos, val in flips:
+        data[pos % min(len(data), 2000)] = val
+    load_bytes(tmp_path, bytes(data))
+
+
+def _header(tensors):
+    meta, offset, blobs = {}, 0, []
+    for name, (dtype, shape, nbytes) in tensors.items():
+        meta[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+        blobs.append(b"\0" * nbytes)
+    h = json.dumps(meta).encode()
+    return struct.pack("<Q", len(h)) + h + b"".join(blobs)
+
+
+@pytest.mark.parametrize("entry", [
+    ("F32", [4, 4], 12),  # data shorter than the shape says
+    ("F32", [2**40, 2**40], 16),  # shape far beyond the data
+    ("XYZ", [2], 8),  # unknown dtype
+    ("F32", [-1, 2], 8),  # negative dimension
+])
+def test_inconsistent_headers(tmp_path, entry):
+    with pytest.raises(ValueError):
+        read_safetensors_bytes(tmp_path, _header({"w": entry}))
+
+
+def _folder_with(tmp_path, config=None, tensors=None):
+    d = tmp_path / "m"
+    if d.exists():
+        shutil.rmtree(d)
+    shutil.copytree(FIX, d)
+    if config is not None:
+        (d / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    if tensors is not None:
+        from safetensors.numpy import save_file
+
+        save_file(tensors, str(d / "model.safetensors"))
+    return d
+
+
+def test_wrong_dtype_tensor(tmp_path):
+    from safetensors.numpy import load_file
+
+    t = load_file(str(FIX / "model.safetensors"))
+    t["transformer.h.0.ln_1.weight"] = np.zeros(64, np.int32)
+    with pytest.raises(ValueError, match="dtype int32; expected floating point"):
+        GPT.from_pretrained(_folder_with(tmp_path, tensors=t))
+
+
+def test_half_precision_checkpoint_is_upcast(tmp_path):
+    from safetensors.numpy import load_file
+
+    t = {k: v.astype(np.float16) for k, v in load_file(str(FIX / "model.safetensors")).items()}
+    model = GPT.from_pretrained(_folder_with(tmp_path, tensors=t))
+    assert model.embeddings.wte.dtype == np.float32
+
+
+fields = st.sampled_from(["vocab_size", "n_positions", "n_layer", "n_head", "n_embd", "n_inner",
+                          "layer_norm_epsilon", "activation_function"])
+values = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**12), st.floats(allow_nan=True),
+                   st.text(max_size=8), st.lists(st.integers(), max_size=2))
+
+
+@SETTINGS
+@given(changes=st.dictionaries(fields, values, min_size=1, max_size=4), drop=st.booleans())
+def test_malformed_config(tmp_path, changes, drop):
+    cfg = dict(CONFIG)
+    cfg.update(changes)
+    if drop:
+        cfg.pop(next(iter(changes)))
+    d = _folder_with(tmp_path, cfg)
+    try:
+        GPT.from_pretrained(d)
+    except (ValueError, FileNotFoundError):
+        pass
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1, 2]", "null", '{"n_layer": "two"}', "\xff\xfe"])
+def test_unreadable_config(tmp_path, text):
+    with pytest.raises(ValueError):
+        GPT.from_pretrained(_folder_with(tmp_path, text))
