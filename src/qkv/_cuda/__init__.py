@@ -1,13 +1,98 @@
-"""The ``cuda`` backend: CUDA C kernels (src/qkv/_cuda/*.cu) loaded with CuPy RawModule.
+"""The ``cuda`` backend: our CUDA C kernels (src/qkv/_cuda/*.cu), loaded with CuPy RawModule.
 
-Only ``available()`` lives here until the kernels land: it says why the backend cannot run
-(CuPy missing, no device), so ``qkv.backends()`` and ``qkv info`` can report it. Importing this
-module never imports CuPy.
+Each op takes arguments already validated by qkv._ops, makes the layouts the kernels need, picks a
+kernel from the table in qkv._cuda.kernels and launches it on CuPy's current stream with typed
+NumPy scalars. Results are fresh CuPy arrays (or ``out``); inputs are never written.
+
+- ``softmax``, ``layer_norm``, ``gelu``: one kernel each (softmax.cu, layernorm.cu, activation.cu);
+- ``linear``: cuBLAS GEMM through ``cupy.matmul``, then our bias + activation epilogue in place;
+- ``attention``: attn_mma (tensor cores, float16/bfloat16, head dim 64/128), else attn_rows
+  (CUDA cores, float32 and every other shape); short query blocks against long caches go through
+  attn_rows split over keys plus attn_combine (split-KV decode);
+- ``embedding``: the gather used by qkv.nn (token rows, optionally plus position rows).
+
+Everything array-shaped goes through ``_runtime()``, an object with ``xp`` (the array module),
+``launch`` and ``sm_count``. On a GPU that is CuPy; the CPU test harness (tests/cuda_sim)
+substitutes NumPy arrays and the real kernels compiled for the CPU, so this file's argument
+plumbing is tested without a GPU. Importing this module never imports CuPy.
 """
+
+import math
+import os
+
+import numpy as np
+
+from qkv._cuda import kernels
 
 NAME = "cuda"
 ARRAY_KIND = "cupy"
-DTYPES = ()
+
+
+def _dtypes():
+    out = [np.dtype(np.float16), np.dtype(np.float32)]
+    try:
+        import ml_dtypes
+
+        out.append(np.dtype(ml_dtypes.bfloat16))
+    except ImportError:  # bfloat16 needs ml_dtypes (CuPy uses it for the dtype)
+        pass
+    return tuple(out)
+
+
+DTYPES = _dtypes()
+CAUSAL_OFFSETS = {"bottom_right": None, "top_left": 0}  # None: Lk - Lq
+ACTIVATION_CODES = {None: 0, "gelu_tanh": 1, "gelu": 2, "relu": 3}
+MAX_HEAD_DIM = max(kernels.ATTN_ROWS_DMAX)
+MIN_COMPUTE_CAPABILITY = 80  # cp.async, bf16 mma.sync
+_path = "auto"               # "auto", "mma", "rows", "split": set_path() for tests and benchmarks
+
+
+def set_path(name):
+    """Force an attention kernel ("auto", "mma", "rows", "split"); shapes a kernel cannot take fall back."""
+    global _path
+    if name not in ("auto", "mma", "rows", "split"):
+        raise ValueError(f"set_path: name must be 'auto', 'mma', 'rows' or 'split', got {name!r}")
+    _path = name
+
+
+def _dtype_name(dtype):
+    name = np.dtype(dtype).name
+    if name not in kernels.CTYPES:
+        raise TypeError(f"cuda backend: dtype {name} is not supported (float16, bfloat16, float32)")
+    return name
+
+
+class _CupyRuntime:
+    """Arrays and launches on the current CUDA device."""
+
+    def __init__(self):
+        import cupy
+
+        from qkv._cuda import loader
+
+        self.xp = cupy
+        self._loader = loader
+
+    def launch(self, family, name, grid, block, args, smem=0):
+        fn = self._loader.function(family, name, smem)
+        fn(tuple(int(g) for g in grid), tuple(int(b) for b in block), tuple(args), shared_mem=int(smem))
+
+    def sm_count(self):
+        dev = self.xp.cuda.Device()
+        return int(dev.attributes["MultiProcessorCount"])
+
+    def data_ptr(self, a):
+        return a.data.ptr
+
+
+_rt = None
+
+
+def _runtime():
+    global _rt
+    if _rt is None:
+        _rt = _CupyRuntime()
+    return _rt
 
 
 def available():
@@ -21,4 +106,288 @@ def available():
         return False, f"no usable CUDA device ({type(exc).__name__}: {exc})"
     if n == 0:
         return False, "CuPy sees no CUDA device"
-    return False, "the CUDA kernels are not built into this version of qkv yet"
+    cc = int(cupy.cuda.Device().compute_capability)
+    if cc < MIN_COMPUTE_CAPABILITY:
+        return False, f"the CUDA kernels need compute capability >= 8.0, this device has {cc / 10:.1f}"
+    missing = [f for f, _ in kernels.FAMILIES.values() if not os.path.exists(os.path.join(kernels.HERE, f))]
+    if missing:
+        return False, f"kernel sources missing from the installation: {missing}"
+    return True, None
+
+
+# ---------------------------------------------------------------------------------------------
+# layouts
+
+
+def _i32(x):
+    return np.int32(x)
+
+
+def _i64(x):
+    return np.int64(x)
+
+
+def _contiguous(a):
+    return _runtime().xp.ascontiguousarray(a)
+
+
+def _dest(out, shape, dtype):
+    """(array the kernel writes, array to return): out itself when C-contiguous, else a temporary."""
+    xp = _runtime().xp
+    if out is not None and out.flags.c_contiguous:
+        return out, out
+    return xp.empty(shape, dtype=dtype), out
+
+
+def _finish(y, out):
+    if out is None or out is y:
+        return y
+    out[...] = y
+    return out
+
+
+def _mask_arg(mask, shape):
+    """A mask broadcastable to ``shape`` as (base, kind, element strides of the broadcast view).
+
+    The kernels read element (i0, .., in) at ``base + sum(i_d * stride_d)``: broadcast axes have
+    stride 0, so no mask is ever expanded. Bool masks are read as uint8 (nonzero = attend).
+    """
+    if mask is None:
+        return None, 0, (0,) * len(shape)
+    xp = _runtime().xp
+    if any(s % mask.itemsize for s in mask.strides):
+        mask = xp.ascontiguousarray(mask)
+    kind = 1 if mask.dtype == np.bool_ else 2
+    if kind == 1:
+        mask = mask.view(np.uint8)
+    mb = xp.broadcast_to(mask, shape)
+    return mask, kind, tuple(s // mask.itemsize for s in mb.strides)
+
+
+def _rows_of(x):
+    xp = _runtime().xp
+    return xp.ascontiguousarray(x).reshape(-1, x.shape[-1]) if x.ndim else xp.ascontiguousarray(x).reshape(1, 1)
+
+
+def _block_for(n):
+    """Threads for a one-CTA-per-row kernel over n columns: a multiple of 32, at most 1024."""
+    return int(min(1024, max(32, 32 * math.ceil(min(n, 4096) / 32 / 4))))
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise and row ops
+
+
+def softmax(x, mask=None, causal=None, scale=1.0, out=None):
+    rt = _runtime()
+    dt = _dtype_name(x.dtype)
+    N = x.shape[-1]
+    M = x.shape[-2] if x.ndim >= 2 else 1
+    xr = _rows_of(x)                                     # (R, N)
+    R = xr.shape[0]
+    y, out = _dest(out, x.shape, x.dtype)
+    base, kind, strides = _mask_arg(mask, x.shape)
+    row_off = None
+    if kind:
+        # element offset of each row of the broadcast mask: sum over leading axes of index * stride
+        xp = rt.xp
+        lead = x.shape[:-1]
+        row_off = xp.zeros(lead, dtype=np.int64)
+        for d, (size, st) in enumerate(zip(lead, strides[:-1])):
+            if st and size > 1:
+                row_off += (xp.arange(size, dtype=np.int64) * st).reshape((size,) + (1,) * (len(lead) - d - 1))
+        row_off = xp.ascontiguousarray(row_off.reshape(-1))
+    off = (N - M) if causal == "bottom_right" else 0
+    rt.launch("softmax", kernels.expr("softmax_rows", dt), (R,), (_block_for(N),),
+              (y, xr, _i32(R), _i32(N), _i32(M), np.float32(scale), base, _i32(kind), row_off,
+               _i64(strides[-1]), _i32(causal is not None), _i32(off)))
+    return _finish(y, out)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, out=None):
+    rt = _runtime()
+    dt = _dtype_name(x.dtype)
+    xr = _rows_of(x)
+    R, C = xr.shape
+    y, out = _dest(out, x.shape, x.dtype)
+    w = None if weight is None else _contiguous(weight)
+    b = None if bias is None else _contiguous(bias)
+    rt.launch("layernorm", kernels.expr("layernorm_rows", dt), (R,), (_block_for(C),),
+              (y, xr, w, b, _i32(R), _i32(C), np.float32(eps)))
+    return _finish(y, out)
+
+
+def _bias_act(y, x, bias, act):
+    """y = act(x + bias) over (R, N) contiguous arrays (y may be x)."""
+    rt = _runtime()
+    total = x.size
+    N = x.shape[-1] if x.ndim else 1
+    blocks = max(1, min(math.ceil(total / 256), 1 << 20))
+    rt.launch("activation", kernels.expr("bias_act", _dtype_name(x.dtype)), (blocks,), (256,),
+              (y, x, bias, _i64(total), _i32(N), _i32(act)))
+
+
+def gelu(x, approximate="tanh", out=None):
+    xc = _contiguous(x)
+    y, out = _dest(out, x.shape, x.dtype)
+    _bias_act(y, xc, None, ACTIVATION_CODES["gelu_tanh" if approximate == "tanh" else "gelu"])
+    return _finish(y, out)
+
+
+def linear(x, weight, bias=None, activation=None, out=None):
+    """cuBLAS GEMM (x @ weight through the array module's matmul), then bias + activation in place."""
+    xp = _runtime().xp
+    x2 = _rows_of(x)                                     # (R, in)
+    shape = x.shape[:-1] + (weight.shape[1],)
+    y, out = _dest(out, shape, x.dtype)
+    xp.matmul(x2, weight, out=y.reshape(-1, weight.shape[1]))
+    if bias is not None or activation is not None:
+        b = None if bias is None else _contiguous(bias)
+        _bias_act(y, y, b, ACTIVATION_CODES[activation])
+    return _finish(y, out)
+
+
+def embedding(ids, table, pos=None, pos0=0):
+    """table[ids] (+ pos[pos0 + position]) for ids (..., L) int, table (V, C), pos (P, C) or None.
+
+    Ids outside [0, V) and positions past P raise ValueError (one device-to-host check).
+    """
+    xp = _runtime().xp
+    V, C = table.shape
+    ids64 = xp.ascontiguousarray(ids, dtype=np.int64)
+    n = ids64.size
+    L = ids64.shape[-1] if ids64.ndim else 1
+    if n and bool(((ids64 < 0) | (ids64 >= V)).any()):
+        raise ValueError(f"embedding: ids must lie in [0, {V}) for a table of shape {tuple(table.shape)}")
+    if pos is not None and pos0 + L > pos.shape[0]:
+        raise ValueError(f"embedding: positions {pos0}..{pos0 + L - 1} exceed the position table {tuple(pos.shape)}")
+    y = xp.empty(tuple(ids64.shape) + (C,), dtype=table.dtype)
+    if n:
+        _runtime().launch("embedding", kernels.expr("embedding_gather", _dtype_name(table.dtype)), (n,),
+                          (_block_for(C),), (y, _contiguous(table), ids64, None if pos is None else _contiguous(pos),
+                                             _i32(C), _i32(L), _i32(pos0)))
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# attention
+
+
+def _strides_ok(a):
+    return (a.shape[-1] == 1 or a.strides[-1] == a.itemsize) and all(s % a.itemsize == 0 for s in a.strides)
+
+
+def _operand(a):
+    return a if _strides_ok(a) else _contiguous(a)
+
+
+def _el_strides(a):
+    """(b, h, l) strides in elements."""
+    return tuple(_i64(s // a.itemsize) for s in a.strides[:3])
+
+
+def _mma_ok(q, k, v, o):
+    """attn_mma reads rows with 16-byte cp.async: D = Dv in (64, 128), 8-element strides, aligned bases."""
+    rt = _runtime()
+    D = q.shape[3]
+    if q.dtype == np.float32 or D not in kernels.ATTN_MMA_DIMS or v.shape[3] != D:
+        return False
+    for a in (q, k, v):
+        if any(int(s) % 8 for s in _el_strides(a)) or rt.data_ptr(a) % 16:
+            return False
+    return True
+
+
+def _split_count(B, Hq, Lq, Lk):
+    """How many key splits a short query block needs to fill the GPU (1 = no split)."""
+    if _path == "split":
+        return max(1, min(8, math.ceil(Lk / kernels.ATTN_ROWS_BN)))
+    if _path != "auto" or Lq > 16 or Lk < 512:
+        return 1
+    ctas = math.ceil(Lq / kernels.ATTN_ROWS_ROWS) * Hq * B
+    want = math.ceil(2 * _runtime().sm_count() / ctas)
+    return max(1, min(want, math.ceil(Lk / 256)))
+
+
+def _hides_nonfinite_v(v, mask, causal):
+    """True when masked keys may hold NaN/Inf in V: tensor cores would turn 0 * NaN into NaN."""
+    if mask is None and causal is None:
+        return False
+    return not bool(_runtime().xp.isfinite(v).all())
+
+
+def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None, return_lse=False,
+              return_weights=False):
+    """q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> out (B, Hq, Lq, Dv) [, lse, weights]."""
+    rt = _runtime()
+    xp = rt.xp
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    if max(D, Dv) > MAX_HEAD_DIM:
+        raise ValueError(f"attention: head dims up to {MAX_HEAD_DIM} are supported on the cuda backend, got "
+                         f"q {tuple(q.shape)}, v {tuple(v.shape)}")
+    dt = _dtype_name(q.dtype)
+    q, k, v = _operand(q), _operand(k), _operand(v)
+    o = out if (out is not None and _strides_ok(out)) else xp.empty((B, Hq, Lq, Dv), dtype=q.dtype)
+    lse = xp.empty((B, Hq, Lq), dtype=np.float32) if return_lse else None
+    base, kind, ms = _mask_arg(mask, (B, Hq, Lq, Lk))
+    kvl = None if kv_lengths is None else xp.ascontiguousarray(xp.clip(kv_lengths, 0, Lk), dtype=np.int32)
+    is_causal = causal is not None
+    coff = (Lk - Lq) if causal == "bottom_right" else 0
+    common_tail = (*_el_strides(q), *_el_strides(k), *_el_strides(v), *_el_strides(o), *(_i64(s) for s in ms))
+
+    use_mma = _path in ("auto", "mma") and _mma_ok(q, k, v, o) and (Lq > 16 or _path == "mma")
+    if use_mma and _hides_nonfinite_v(v, mask, causal):
+        use_mma = False
+    if use_mma:
+        smem = kernels.attn_mma_smem(D, q.itemsize)
+        rt.launch("attention", kernels.expr("attn_mma", dt, D),
+                  (math.ceil(Lq / kernels.ATTN_MMA_BM), Hq, B), (kernels.ATTN_MMA_THREADS,),
+                  (q, k, v, o, lse, base, _i32(kind), kvl, _i32(Hq), _i32(Hkv), _i32(Lq), _i32(Lk),
+                   np.float32(scale), _i32(is_causal), _i32(coff)) + common_tail, smem)
+    else:
+        dmax = next(d for d in kernels.ATTN_ROWS_DMAX if d >= max(D, Dv))
+        smem = kernels.attn_rows_smem(dmax)
+        n_split = _split_count(B, Hq, Lq, Lk)
+        split_len = kernels.ATTN_ROWS_BN * math.ceil(Lk / n_split / kernels.ATTN_ROWS_BN)
+        n_split = max(1, math.ceil(Lk / split_len))
+        part = xp.empty((n_split, B, Hq, Lq, Dv + 2), dtype=np.float32) if n_split > 1 else None
+        rt.launch("attention", kernels.expr("attn_rows", dt, dmax),
+                  (math.ceil(Lq / kernels.ATTN_ROWS_ROWS), Hq, B * n_split), (kernels.ATTN_ROWS_THREADS,),
+                  (q, k, v, o, lse, part, base, _i32(kind), kvl, _i32(B), _i32(Hq), _i32(Hkv), _i32(Lq),
+                   _i32(Lk), _i32(D), _i32(Dv), np.float32(scale), _i32(is_causal), _i32(coff),
+                   _i32(split_len)) + common_tail, smem)
+        if part is not None:
+            ob, oh, ol = _el_strides(o)
+            rt.launch("attention", kernels.expr("attn_combine", dt), (Lq, Hq, B), (128,),
+                      (o, lse, part, _i32(n_split), _i32(B), _i32(Hq), _i32(Lq), _i32(Dv), ob, oh, ol))
+    if out is not None and o is not out:
+        out[...] = o
+        o = out
+    result = [o]
+    if return_lse:
+        result.append(lse)
+    if return_weights:
+        result.append(_weights(q, k, scale, causal, mask, kv_lengths))
+    return tuple(result) if len(result) > 1 else result[0]
+
+
+def _weights(q, k, scale, causal, mask, kv_lengths):
+    """The attention pattern (B, Hq, Lq, Lk), materialised: float32 scores, then our softmax kernel."""
+    xp = _runtime().xp
+    B, Hq, Lq, _ = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    kk = xp.repeat(k, Hq // Hkv, axis=1) if Hq != Hkv else k
+    s = xp.matmul(q.astype(np.float32), xp.swapaxes(kk.astype(np.float32), -1, -2))  # (B, Hq, Lq, Lk)
+    if kv_lengths is not None:
+        valid = (xp.arange(Lk)[None, :] < xp.asarray(kv_lengths)[:, None])[:, None, None, :]  # (B, 1, 1, Lk)
+        if mask is None:
+            mask = valid
+        elif mask.dtype == np.bool_:
+            mask = mask & valid
+        else:
+            mask = xp.where(valid, mask.astype(np.float32), np.float32(-np.inf))
+    if mask is not None and mask.dtype != np.bool_:
+        mask = mask.astype(np.float32)
+    p = softmax(xp.ascontiguousarray(s), mask=mask, causal=causal, scale=scale)
+    return p.astype(q.dtype)

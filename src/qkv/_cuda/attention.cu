@@ -1,0 +1,341 @@
+// attention.cu: scaled dot-product attention forward, the full qkv contract (see DESIGN.md).
+//
+//   o[b,h,i,:] = softmax_j(scale * q[b,h,i,:] . k[b,h/G,j,:] + mask[b,h,i,j]) @ v[b,h/G,:,:]
+//
+// q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), o (B, Hq, Lq, Dv), lse (B, Hq, Lq) float32.
+// Any (b, h, l) strides (in elements); the last axis is contiguous. G = Hq / Hkv (GQA/MQA).
+// Key j is visible to query i when j < kv_len[b] (kv_lengths, else Lk), when causal is off or
+// j <= i + causal_off (causal_off = Lk - Lq bottom-right, 0 top-left), and when the mask allows it
+// (mask_kind 1: bool/uint8, nonzero = attend; 2: additive, same dtype as q). A row with no visible
+// key gives zeros and lse = -inf; a NaN among visible scores gives a NaN row.
+//
+// Three kernels:
+// - attn_mma<T, D>: float16/bfloat16, D = Dv in {64, 128}. FlashAttention-2 style: a CTA owns 64
+//   queries (4 warps x 16 rows), its Q tile stays resident (in registers after one ldmatrix pass);
+//   K/V tiles of 64 keys stream through shared memory with cp.async double buffering; S = Q K^T
+//   and O += P V run on tensor cores (ldmatrix + mma.sync m16n8k16, fp32 accumulation); the
+//   online softmax lives in registers; tiles past the causal diagonal or kv_len are never loaded.
+// - attn_rows<T, DMAX>: the CUDA-core path for float32 and for shapes the mma kernel does not take
+//   (D != Dv, D not 64/128, misaligned views). One warp per query row, 32-key tiles in shared
+//   memory (fp32), lane = key for the scores, lane = feature for P V.
+//   With split_len < range it is also the split-KV decode kernel: CTA z = split * B + b covers keys
+//   [split * split_len, (split + 1) * split_len) and writes unnormalised partials (acc, m, l).
+// - attn_combine<T>: merges the split partials into o and lse.
+//
+// Scores never use fast-math exponentials; masked probabilities are exactly 0.
+#include "common.cuh"
+
+namespace qkv {
+
+struct MaskRef {
+    const void* ptr;
+    int kind;
+    long long sb, sh, sq, sk;
+};
+
+template <typename T>
+__device__ __forceinline__ float masked_score(float s, const MaskRef& m, int b, int h, int i, int j) {
+    if (m.kind == 0) return s;
+    long long off = b * m.sb + h * m.sh + i * m.sq + j * m.sk;
+    if (m.kind == 1) return static_cast<const unsigned char*>(m.ptr)[off] ? s : neg_inf();
+    float a = to_float(static_cast<const T*>(m.ptr)[off]);
+    return a == neg_inf() ? a : s + a;            // -inf masks outright, even a NaN score
+}
+
+// keys [0, end) are the only candidates for row i (kv_len and causal); the mask may remove more
+__device__ __forceinline__ int row_key_end(int i, int kv_len, int causal, int causal_off) {
+    if (!causal) return kv_len;
+    long long e = (long long)i + causal_off + 1;
+    return e < 0 ? 0 : (e < kv_len ? (int)e : kv_len);
+}
+
+__device__ __forceinline__ int batch_kv_len(const int* kv_lengths, int b, int Lk) {
+    if (!kv_lengths) return Lk;
+    int n = kv_lengths[b];
+    return n < 0 ? 0 : (n < Lk ? n : Lk);
+}
+
+}  // namespace qkv
+
+// ---------------------------------------------------------------------------------------------
+// attn_mma: tensor-core FlashAttention-2 forward (float16 / bfloat16)
+// ---------------------------------------------------------------------------------------------
+template <typename T, int D>
+__global__ void __launch_bounds__(128) attn_mma(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
+    float* __restrict__ lse, const void* __restrict__ mask, int mask_kind, const int* __restrict__ kv_lengths,
+    int Hq, int Hkv, int Lq, int Lk, float scale, int causal, int causal_off,
+    long long qsb, long long qsh, long long qsl, long long ksb, long long ksh, long long ksl,
+    long long vsb, long long vsh, long long vsl, long long osb, long long osh, long long osl,
+    long long msb, long long msh, long long msq, long long msk) {
+    constexpr int BM = 64, BN = 64, LD = D + 8;  // +8 halves per row: conflict-free ldmatrix
+    constexpr int CH = D / 8;                     // 16-byte chunks per row
+    QKV_DYNAMIC_SMEM(smem_raw);
+    T* Qs = reinterpret_cast<T*>(smem_raw);       // [BM][LD]
+    T* Ks = Qs + BM * LD;                         // [2][BN][LD]
+    T* Vs = Ks + 2 * BN * LD;                     // [2][BN][LD]
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, qd = lane % 4;        // mma fragment row group / column pair
+    const int m0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z;
+    const int hk = h / (Hq / Hkv);
+    const T* qb = q + b * qsb + h * qsh;
+    const T* kb = k + b * ksb + hk * ksh;
+    const T* vb = v + b * vsb + hk * vsh;
+    const qkv::MaskRef mref{mask, mask_kind, msb, msh, msq, msk};
+
+    const int kv_len = qkv::batch_kv_len(kv_lengths, b, Lk);
+    const int last_row = min(m0 + BM, Lq) - 1;
+    const int kv_end = qkv::row_key_end(last_row, kv_len, causal, causal_off);  // causal tile skipping
+    const int full_end = qkv::row_key_end(m0, kv_len, causal, causal_off);      // tiles below need no mask
+    const int nt = (kv_end + BN - 1) / BN;
+
+    auto load_rows = [&](T* dst, const T* src, long long stride, int row0, int end) {
+        for (int c = tid; c < BM * CH; c += 128) {
+            int r = c / CH, cc = c % CH;
+            bool valid = row0 + r < end;
+            const T* p = valid ? src + (row0 + r) * stride + cc * 8 : src;
+            qkv::cp_async16(dst + r * LD + cc * 8, p, valid);
+        }
+    };
+
+    float oacc[D / 8][4];
+    for (int n = 0; n < D / 8; ++n)
+        for (int e = 0; e < 4; ++e) oacc[n][e] = 0.f;
+    float m_run[2] = {qkv::neg_inf(), qkv::neg_inf()}, l_run[2] = {0.f, 0.f};
+    unsigned qf[D / 16][4];
+    const int row_w = m0 + warp * 16;             // this warp's first query row
+
+    if (nt > 0) {
+        load_rows(Qs, qb, qsl, m0, Lq);
+        load_rows(Ks, kb, ksl, 0, kv_end);
+        load_rows(Vs, vb, vsl, 0, kv_end);
+    }
+    qkv::cp_async_commit();
+
+    for (int t = 0; t < nt; ++t) {
+        const int buf = t & 1, n0 = t * BN;
+        if (t + 1 < nt) {                         // prefetch tile t+1 into the other buffer
+            load_rows(Ks + (buf ^ 1) * BN * LD, kb, ksl, n0 + BN, kv_end);
+            load_rows(Vs + (buf ^ 1) * BN * LD, vb, vsl, n0 + BN, kv_end);
+        }
+        qkv::cp_async_commit();
+        qkv::cp_async_wait<1>();                  // tile t (and Q) have landed
+        __syncthreads();
+        if (t == 0) {
+            for (int kk = 0; kk < D / 16; ++kk) {
+                int j = lane / 8;
+                qkv::ldsm_x4(qf[kk], Qs + (warp * 16 + (j % 2) * 8 + lane % 8) * LD + kk * 16 + (j / 2) * 8);
+            }
+        }
+        const T* Kt = Ks + buf * BN * LD;
+        const T* Vt = Vs + buf * BN * LD;
+
+        // S = Q K^T for this warp's 16 rows x 64 keys: s[nb][e] is (row g + 8*(e/2), key nb*8 + 2*qd + e%2)
+        float s[BN / 8][4];
+        for (int nb = 0; nb < BN / 8; ++nb)
+            for (int e = 0; e < 4; ++e) s[nb][e] = 0.f;
+        for (int kk = 0; kk < D / 16; ++kk) {
+            for (int nb2 = 0; nb2 < BN / 16; ++nb2) {
+                unsigned r[4];
+                int j = lane / 8;
+                qkv::ldsm_x4(r, Kt + (nb2 * 16 + (j / 2) * 8 + lane % 8) * LD + kk * 16 + (j % 2) * 8);
+                qkv::mma_16816<T>(s[2 * nb2], qf[kk], r);
+                qkv::mma_16816<T>(s[2 * nb2 + 1], qf[kk], r + 2);
+            }
+        }
+
+        const bool need_mask = mask_kind != 0 || n0 + BN > full_end;
+        float tmax[2] = {qkv::neg_inf(), qkv::neg_inf()};
+        for (int nb = 0; nb < BN / 8; ++nb) {
+            for (int e = 0; e < 4; ++e) {
+                float x = s[nb][e] * scale;
+                if (need_mask) {
+                    int i = row_w + g + (e / 2) * 8, j = n0 + nb * 8 + 2 * qd + (e & 1);
+                    if (i >= Lq || j >= qkv::row_key_end(i, kv_len, causal, causal_off)) x = qkv::neg_inf();
+                    else x = qkv::masked_score<T>(x, mref, b, h, i, j);
+                }
+                s[nb][e] = x;
+                tmax[e / 2] = fmaxf(tmax[e / 2], x);
+            }
+        }
+        float corr[2], m_use[2];
+        for (int r = 0; r < 2; ++r) {
+            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 1));
+            tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffffu, tmax[r], 2));
+            float m_new = fmaxf(m_run[r], tmax[r]);
+            m_use[r] = m_new == qkv::neg_inf() ? 0.f : m_new;
+            corr[r] = expf(m_run[r] - m_use[r]);  // 0 while the row has seen no visible key
+            m_run[r] = m_new;
+            l_run[r] *= corr[r];
+        }
+        for (int nb = 0; nb < BN / 8; ++nb) {
+            for (int e = 0; e < 4; ++e) {
+                float x = s[nb][e];
+                float p = x == qkv::neg_inf() ? 0.f : expf(x - m_use[e / 2]);
+                s[nb][e] = p;
+                l_run[e / 2] += p;                // per-thread partial; the quad is summed at the end
+            }
+        }
+        for (int n = 0; n < D / 8; ++n)
+            for (int e = 0; e < 4; ++e) oacc[n][e] *= corr[e / 2];
+
+        // O += P V: the S accumulators of key blocks 2*kb2 and 2*kb2+1 are exactly an A fragment
+        for (int kb2 = 0; kb2 < BN / 16; ++kb2) {
+            unsigned a[4];
+            a[0] = qkv::pack2<T>(s[2 * kb2][0], s[2 * kb2][1]);
+            a[1] = qkv::pack2<T>(s[2 * kb2][2], s[2 * kb2][3]);
+            a[2] = qkv::pack2<T>(s[2 * kb2 + 1][0], s[2 * kb2 + 1][1]);
+            a[3] = qkv::pack2<T>(s[2 * kb2 + 1][2], s[2 * kb2 + 1][3]);
+            for (int nd2 = 0; nd2 < D / 16; ++nd2) {
+                unsigned r[4];
+                int j = lane / 8;
+                qkv::ldsm_x4_trans(r, Vt + (kb2 * 16 + (j % 2) * 8 + lane % 8) * LD + nd2 * 16 + (j / 2) * 8);
+                qkv::mma_16816<T>(oacc[2 * nd2], a, r);
+                qkv::mma_16816<T>(oacc[2 * nd2 + 1], a, r + 2);
+            }
+        }
+        __syncthreads();                          // everyone is done with buffer buf
+    }
+    qkv::cp_async_wait<0>();
+
+    for (int r = 0; r < 2; ++r) {
+        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+    }
+    for (int r = 0; r < 2; ++r) {
+        int i = row_w + g + r * 8;
+        if (i >= Lq) continue;
+        float inv = l_run[r] == 0.f ? 0.f : 1.f / l_run[r];
+        T* orow = o + b * osb + h * osh + i * osl;
+        for (int n = 0; n < D / 8; ++n) {
+            orow[n * 8 + 2 * qd] = qkv::from_float<T>(oacc[n][2 * r] * inv);
+            orow[n * 8 + 2 * qd + 1] = qkv::from_float<T>(oacc[n][2 * r + 1] * inv);
+        }
+        if (lse && qd == 0)
+            lse[((long long)b * Hq + h) * Lq + i] = l_run[r] == 0.f ? qkv::neg_inf() : m_run[r] + logf(l_run[r]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// attn_rows: CUDA-core forward, one warp per query row; also the split-KV decode kernel
+// ---------------------------------------------------------------------------------------------
+template <typename T, int DMAX>
+__global__ void __launch_bounds__(128) attn_rows(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
+    float* __restrict__ lse, float* __restrict__ part, const void* __restrict__ mask, int mask_kind,
+    const int* __restrict__ kv_lengths, int B, int Hq, int Hkv, int Lq, int Lk, int D, int Dv, float scale,
+    int causal, int causal_off, int split_len,
+    long long qsb, long long qsh, long long qsl, long long ksb, long long ksh, long long ksl,
+    long long vsb, long long vsh, long long vsl, long long osb, long long osh, long long osl,
+    long long msb, long long msh, long long msq, long long msk) {
+    constexpr int ROWS = 4, BN = 32, PER = DMAX / 32;
+    QKV_DYNAMIC_SMEM(smem_raw);
+    float* Ks = reinterpret_cast<float*>(smem_raw);  // [BN][DMAX + 1] (odd stride: lane = key reads)
+    float* Vs = Ks + BN * (DMAX + 1);                // [BN][DMAX]
+    float* Qs = Vs + BN * DMAX;                      // [ROWS][DMAX]
+    float* Ps = Qs + ROWS * DMAX;                    // [ROWS][BN]
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int h = blockIdx.y, b = blockIdx.z % B, split = blockIdx.z / B;
+    const int i = blockIdx.x * ROWS + warp;          // this warp's query row
+    const bool row_ok = i < Lq;
+    const int hk = h / (Hq / Hkv);
+    const T* kb = k + b * ksb + hk * ksh;
+    const T* vb = v + b * vsb + hk * vsh;
+    const qkv::MaskRef mref{mask, mask_kind, msb, msh, msq, msk};
+
+    const int kv_len = qkv::batch_kv_len(kv_lengths, b, Lk);
+    const int last_row = min((int)blockIdx.x * ROWS + ROWS, Lq) - 1;
+    const int s0 = split * split_len;
+    const int s1 = min(s0 + split_len, qkv::row_key_end(last_row, kv_len, causal, causal_off));
+    const int my_end = row_ok ? min(s1, qkv::row_key_end(i, kv_len, causal, causal_off)) : 0;
+
+    for (int d = lane; d < DMAX; d += 32)
+        Qs[warp * DMAX + d] = (row_ok && d < D) ? qkv::to_float(q[b * qsb + h * qsh + i * qsl + d]) : 0.f;
+
+    float acc[PER];
+    for (int t = 0; t < PER; ++t) acc[t] = 0.f;
+    float m_run = qkv::neg_inf(), l_run = 0.f;
+
+    for (int j0 = s0; j0 < s1; j0 += BN) {
+        __syncthreads();                             // the previous tile is consumed
+        for (int c = tid; c < BN * DMAX; c += 128) {
+            int r = c / DMAX, d = c % DMAX, j = j0 + r;
+            bool ok = j < s1;
+            Ks[r * (DMAX + 1) + d] = (ok && d < D) ? qkv::to_float(kb[j * ksl + d]) : 0.f;
+            Vs[r * DMAX + d] = (ok && d < Dv) ? qkv::to_float(vb[j * vsl + d]) : 0.f;
+        }
+        __syncthreads();
+        if (j0 >= my_end) continue;                  // nothing visible for this row here (barriers stay uniform)
+
+        const int j = j0 + lane;
+        float s = qkv::neg_inf();
+        if (j < my_end) {
+            float dot = 0.f;
+            for (int d = 0; d < D; ++d) dot += Qs[warp * DMAX + d] * Ks[lane * (DMAX + 1) + d];
+            s = qkv::masked_score<T>(dot * scale, mref, b, h, i, j);
+        }
+        float m_new = fmaxf(m_run, qkv::warp_max(s));
+        float m_use = m_new == qkv::neg_inf() ? 0.f : m_new;
+        float corr = expf(m_run - m_use);
+        float p = s == qkv::neg_inf() ? 0.f : expf(s - m_use);
+        l_run = l_run * corr + qkv::warp_sum(p);
+        m_run = m_new;
+        Ps[warp * BN + lane] = p;
+        __syncwarp();
+        for (int t = 0; t < PER; ++t) {
+            int d = lane + 32 * t;
+            float a = acc[t] * corr;
+            for (int r = 0; r < BN; ++r) {
+                float pr = Ps[warp * BN + r];
+                if (pr != 0.f) a += pr * Vs[r * DMAX + d];  // a masked key's V (NaN, Inf) never counts
+            }
+            acc[t] = a;
+        }
+        __syncwarp();
+    }
+    if (!row_ok) return;
+
+    if (part) {                                       // split-KV: unnormalised partial (acc, m, l)
+        float* pr = part + ((((long long)split * B + b) * Hq + h) * Lq + i) * (Dv + 2);
+        for (int t = 0; t < PER; ++t)
+            if (lane + 32 * t < Dv) pr[lane + 32 * t] = acc[t];
+        if (lane == 0) { pr[Dv] = m_run; pr[Dv + 1] = l_run; }
+        return;
+    }
+    float inv = l_run == 0.f ? 0.f : 1.f / l_run;
+    T* orow = o + b * osb + h * osh + i * osl;
+    for (int t = 0; t < PER; ++t)
+        if (lane + 32 * t < Dv) orow[lane + 32 * t] = qkv::from_float<T>(acc[t] * inv);
+    if (lse && lane == 0)
+        lse[((long long)b * Hq + h) * Lq + i] = l_run == 0.f ? qkv::neg_inf() : m_run + logf(l_run);
+}
+
+// partials (n_split, B, Hq, Lq, Dv + 2) -> o, lse. grid (Lq, Hq, B), any block size.
+template <typename T>
+__global__ void attn_combine(T* __restrict__ o, float* __restrict__ lse, const float* __restrict__ part,
+                             int n_split, int B, int Hq, int Lq, int Dv, long long osb, long long osh, long long osl) {
+    const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const long long split_stride = (long long)B * Hq * Lq * (Dv + 2);
+    const float* p0 = part + (((long long)b * Hq + h) * Lq + i) * (Dv + 2);
+    float m = qkv::neg_inf();
+    for (int s = 0; s < n_split; ++s) m = fmaxf(m, p0[s * split_stride + Dv]);
+    float m_use = m == qkv::neg_inf() ? 0.f : m, l = 0.f;
+    for (int s = 0; s < n_split; ++s) {
+        float ls = p0[s * split_stride + Dv + 1];
+        if (ls != 0.f) l += ls * expf(p0[s * split_stride + Dv] - m_use);
+    }
+    float inv = l == 0.f ? 0.f : 1.f / l;
+    T* orow = o + b * osb + h * osh + i * osl;
+    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+        float a = 0.f;
+        for (int s = 0; s < n_split; ++s) {
+            float ls = p0[s * split_stride + Dv + 1];
+            if (ls != 0.f) a += p0[s * split_stride + d] * expf(p0[s * split_stride + Dv] - m_use);
+        }
+        orow[d] = qkv::from_float<T>(a * inv);
+    }
+    if (lse && threadIdx.x == 0)
+        lse[((long long)b * Hq + h) * Lq + i] = l == 0.f ? qkv::neg_inf() : m + logf(l);
+}

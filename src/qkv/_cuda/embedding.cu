@@ -1,0 +1,20 @@
+// embedding.cu: embedding gather, out[i, :] = table[ids[i], :] (+ pos[pos0 + i % L, :]).
+//
+// ids (n,) int64, already range-checked by the caller; table (V, C), pos (P, C) or null, out (n, C),
+// all contiguous. Row i of the output is sequence position i % L (L = sequence length), so token
+// and learned position embeddings (GPT-2) come out in one pass. One CTA per output row.
+#include "common.cuh"
+
+template <typename T>
+__global__ void embedding_gather(T* __restrict__ out, const T* __restrict__ table, const long long* __restrict__ ids,
+                                 const T* __restrict__ pos, int C, int L, int pos0) {
+    const long long i = blockIdx.x;
+    const T* src = table + ids[i] * C;
+    const T* prow = pos ? pos + (long long)(pos0 + i % L) * C : nullptr;
+    T* dst = out + i * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float t = qkv::to_float(src[c]);
+        if (prow) t += qkv::to_float(prow[c]);
+        dst[c] = qkv::from_float<T>(t);
+    }
+}

@@ -1,0 +1,92 @@
+"""The one table of CUDA kernels: family -> .cu file -> template instances per dtype.
+
+The runtime (qkv._cuda.loader) and the compile gate (tools/check_kernels.py) both build their
+NVRTC programs from this table, with the same source text and options, so a renamed template or
+a missing instance fails the gate before it can fail on a GPU. Importing this module never
+imports CuPy.
+"""
+
+import os
+import re
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# dtype name -> the C++ type the kernels are instantiated with
+CTYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
+ALL = tuple(CTYPES)
+HALF = ("float16", "bfloat16")
+
+# NVRTC options for every RawModule (CuPy adds its include dirs and -arch). No --use_fast_math:
+# softmax and masking need exact -inf handling and precise expf.
+OPTIONS = ("--std=c++17",)
+
+# Attention tiles; shared-memory sizes below must match the kernels' layouts in attention.cu.
+ATTN_MMA_BM, ATTN_MMA_BN, ATTN_MMA_THREADS, ATTN_MMA_DIMS = 64, 64, 128, (64, 128)
+ATTN_ROWS_ROWS, ATTN_ROWS_BN, ATTN_ROWS_THREADS, ATTN_ROWS_DMAX = 4, 32, 128, (64, 128, 256)
+
+# family -> (file, [(template, dtypes, integer template arguments (one instance per value))])
+FAMILIES = {
+    "attention": ("attention.cu", [
+        ("attn_mma", HALF, ATTN_MMA_DIMS),
+        ("attn_rows", ALL, ATTN_ROWS_DMAX),
+        ("attn_combine", ALL, (None,)),
+    ]),
+    "softmax": ("softmax.cu", [("softmax_rows", ALL, (None,))]),
+    "layernorm": ("layernorm.cu", [("layernorm_rows", ALL, (None,))]),
+    "activation": ("activation.cu", [("bias_act", ALL, (None,))]),
+    "embedding": ("embedding.cu", [("embedding_gather", ALL, (None,))]),
+}
+
+
+def expr(template, dtype, param=None):
+    """The name expression of one instance, e.g. ``attn_mma<__half, 128>``."""
+    args = CTYPES[dtype] if param is None else f"{CTYPES[dtype]}, {param}"
+    return f"{template}<{args}>"
+
+
+def name_expressions(family):
+    """Every instance of a family, in table order."""
+    _, templates = FAMILIES[family]
+    return [expr(t, dt, p) for t, dtypes, params in templates for dt in dtypes for p in params]
+
+
+def source_path(family):
+    return os.path.join(HERE, FAMILIES[family][0])
+
+
+_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.M)
+
+
+def source(family):
+    """The program text NVRTC compiles: the .cu file with our local headers inlined.
+
+    Inlining (instead of -I) keeps CuPy's kernel cache honest: its key is the source text, so an
+    edit to common.cuh recompiles every family.
+    """
+    with open(source_path(family)) as f:
+        text = f.read()
+
+    def inline(m):
+        with open(os.path.join(HERE, m.group(1))) as h:
+            return h.read().replace("#pragma once", "")
+
+    return _INCLUDE.sub(inline, text)
+
+
+def archs(family):
+    """Architectures the gate compiles a family for: sm_80, sm_90, plus any `// qkv-archs:` extras."""
+    extra = re.findall(r"//\s*qkv-archs:\s*([\w ,]+)", open(source_path(family)).read())
+    out = ["sm_80", "sm_90"]
+    for line in extra:
+        out += [a.strip() for a in line.replace(",", " ").split() if a.strip() not in out]
+    return out
+
+
+def attn_mma_smem(D, itemsize=2):
+    """Dynamic shared memory of attn_mma<T, D>: Q tile + double-buffered K and V tiles, rows padded by 8."""
+    return (ATTN_MMA_BM + 4 * ATTN_MMA_BN) * (D + 8) * itemsize
+
+
+def attn_rows_smem(dmax):
+    """Dynamic shared memory of attn_rows<T, DMAX>: K (odd stride), V, Q rows and P, all float32."""
+    return 4 * (ATTN_ROWS_BN * (dmax + 1) + ATTN_ROWS_BN * dmax + ATTN_ROWS_ROWS * dmax + ATTN_ROWS_ROWS * ATTN_ROWS_BN)
