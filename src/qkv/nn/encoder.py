@@ -8,7 +8,7 @@ import qkv
 from qkv import _backend
 from qkv.nn.config import BertConfig
 from qkv.nn.layers import Block, Embedding, LayerNorm
-from qkv.nn.module import Module
+from qkv.nn.module import Module, Scratch
 
 
 class Encoder(Module):
@@ -50,10 +50,16 @@ class Encoder(Module):
                 kv_lengths = lengths.astype(np.int64)  # right padding: whole key tiles are skipped
             else:
                 mask = am[:, None, None, :]  # (B, 1, 1, L): True = attend
-        x = self.ln_embed(self.embeddings(ids, token_type_ids=token_type_ids))  # (B, L, C)
+        if token_type_ids is not None:
+            token_type_ids = xp.asarray(token_type_ids)
+            if token_type_ids.shape != (B, L) or token_type_ids.dtype.kind not in "iu":
+                raise ValueError(f"token_type_ids must be an integer array of shape {(B, L)} like ids, "
+                                 f"got {token_type_ids.dtype} of shape {token_type_ids.shape}")
+        x = self.ln_embed(self.embeddings(ids, token_type_ids=token_type_ids))  # (B, L, C), updated in place below
+        scratch = Scratch(xp, x.dtype)
         trace = {"attention": [], "residual": [x.copy()]} if return_attention else None
         for block in self.layer:
-            x = block(x, mask=mask, kv_lengths=kv_lengths, return_weights=return_attention)
+            x = block(x, mask=mask, kv_lengths=kv_lengths, return_weights=return_attention, scratch=scratch)
             if return_attention:
                 x, w = x
                 trace["attention"].append(w)

@@ -10,7 +10,7 @@ from qkv import _backend
 from qkv.nn.config import GPTConfig
 from qkv.nn.kv_cache import KVCache
 from qkv.nn.layers import Block, Embedding, LayerNorm
-from qkv.nn.module import Module
+from qkv.nn.module import Module, Scratch
 
 
 class GPT(Module):
@@ -45,26 +45,33 @@ class GPT(Module):
     def __call__(self, ids, *, cache=None, last_only=False, return_attention=False):
         """ids (B, L) -> logits (B, L, vocab) (or (B, 1, vocab) with last_only).
 
+        cache: a KVCache (see new_cache); the tokens are taken to follow the ones already cached.
         With return_attention=True also returns a trace: {"attention": per layer (B, H, L, Lk),
         "residual": the residual stream after the embeddings and after each block (B, L, C)}.
         """
         ids = self._check_ids(ids)
+        scratch = Scratch(self.xp(), self.embeddings.wte.dtype)
+        return self._forward(ids, cache, last_only, return_attention, scratch)
+
+    def _forward(self, ids, cache, last_only, return_attention, scratch, logits_out=None):
+        B, L = ids.shape
         start = cache.length if cache is not None else 0
-        if start + ids.shape[1] > self.config.block_size:
-            raise ValueError(f"{start + ids.shape[1]} tokens exceed the context of {self.config.block_size}")
-        x = self.embeddings(ids, start=start)  # (B, L, C)
+        if start + L > self.config.block_size:
+            raise ValueError(f"{start + L} tokens exceed the context of {self.config.block_size}")
+        x = self.embeddings(ids, start=start)  # (B, L, C), the residual stream: updated in place below
         trace = {"attention": [], "residual": [x.copy()]} if return_attention else None
         for i, block in enumerate(self.h):
-            x = block(x, cache=cache, layer=i, return_weights=return_attention)
+            x = block(x, cache=cache, layer=i, return_weights=return_attention, scratch=scratch)
             if return_attention:
                 x, w = x
                 trace["attention"].append(w)
                 trace["residual"].append(x.copy())
         if cache is not None:
-            cache.advance(ids.shape[1])
+            cache.advance(L)
         if last_only:
-            x = x[:, -1:, :]
-        logits = qkv.linear(self.ln_f(x), self.embeddings.wte.T)  # tied head: (B, L, C) @ (C, V)
+            x = x[:, -1:, :]  # only the last position goes through the LM head
+        h = self.ln_f(x, out=scratch("ln_f", x.shape))
+        logits = qkv.linear(h, self.embeddings.wte.T, out=logits_out)  # tied head: (B, L, C) @ (C, V)
         return (logits, trace) if return_attention else logits
 
     def new_cache(self, batch, max_len):
@@ -96,15 +103,17 @@ class GPT(Module):
         xp = self.xp()
         rng = np.random.default_rng(seed)
         cache = self.new_cache(B, L + max_new_tokens)
+        scratch = Scratch(xp, self.embeddings.wte.dtype)  # one set of work buffers for every step
         out = np.empty((B, L + max_new_tokens), dtype=np.int64)
         out[:, :L] = ids.get() if hasattr(ids, "get") else ids
-        step = xp.asarray(out[:, :L])
+        step = xp.asarray(out[:, :L])  # the prompt: one prefill pass fills the cache
         for t in range(max_new_tokens):
-            logits = self(step, cache=cache, last_only=True)[:, -1, :]  # (B, V)
-            host = logits.get() if hasattr(logits, "get") else logits
-            nxt = sample(host.astype(np.float64), temperature, top_k, top_p, rng)  # (B,)
+            logits = self._forward(step, cache, True, False, scratch, scratch("logits", (B, 1, self.config.vocab_size)))
+            host = logits[:, -1, :]  # (B, V)
+            host = host.get() if hasattr(host, "get") else host
+            nxt = sample(host, temperature, top_k, top_p, rng)  # (B,)
             out[:, L + t] = nxt
-            step = xp.asarray(nxt[:, None])
+            step = xp.asarray(nxt[:, None])  # then one position per step, attending to the cache
         return out
 
 
@@ -112,7 +121,7 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
     """Pick one token per row of logits (B, V) on the host: temperature, then top-k, then top-p."""
     if top_k == 1:
         return np.argmax(logits, axis=-1)
-    z = logits / temperature
+    z = logits.astype(np.float64) / temperature
     if top_k is not None and top_k < z.shape[-1]:
         kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
         z = np.where(z < kth, -np.inf, z)

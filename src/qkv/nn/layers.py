@@ -3,12 +3,16 @@ backend its arrays live on (NumPy -> cpu kernels, CuPy -> cuda kernels).
 
 Shapes: B batch, L sequence, C = n_embd (residual width), H heads, d = C / H head dim.
 Weights are stored (in, out), as qkv.linear takes them (GPT-2's Conv1D layout already is).
+
+Every layer takes an optional ``scratch`` (qkv.nn.module.Scratch): its outputs then go to reused
+work buffers through the ops' ``out=``, and a Block updates the residual stream in place. Without
+one, every op returns a fresh array and inputs are never modified.
 """
 
 import numpy as np
 
 import qkv
-from qkv.nn.module import Module
+from qkv.nn.module import Module, buffer, namespace
 
 
 def _zeros(xp, shape, dtype):
@@ -133,27 +137,36 @@ class MultiHeadAttention(Module):
         t = t.reshape(B, L, parts, self.n_head, self.head_dim)
         return [t[:, :, i].transpose(0, 2, 1, 3) for i in range(parts)]
 
-    def __call__(self, x, *, context=None, mask=None, kv_lengths=None, cache=None, layer=0, return_weights=False):
+    def __call__(self, x, *, context=None, mask=None, kv_lengths=None, cache=None, layer=0, return_weights=False,
+                 scratch=None, out=None):
         """x (B, L, C) -> (B, L, C) [, weights (B, H, L, Lk)].
 
         cache: a KVCache; this call's keys/values are appended at the cache's current length and
-        attention runs over everything cached so far (bottom-right causal alignment).
+        attention runs over everything cached so far (bottom-right causal alignment, so a single
+        query at position t sees keys 0..t).
         """
         B, L, C = x.shape
+        H, d = self.n_head, self.head_dim
         if self.cross:
             if context is None:
                 raise ValueError("cross-attention needs a context (B, Lk, C)")
-            (q,) = self._split(self.q_attn(x), 1)
-            k, v = self._split(self.c_attn(context), 2)
+            (q,) = self._split(self.q_attn(x, out=buffer(scratch, "q", (B, L, C))), 1)
+            k, v = self._split(self.c_attn(context, out=buffer(scratch, "kv", context.shape[:2] + (2 * C,))), 2)
         else:
-            q, k, v = self._split(self.c_attn(x), 3)  # each (B, H, L, d)
+            q, k, v = self._split(self.c_attn(x, out=buffer(scratch, "qkv", (B, L, 3 * C))), 3)  # (B, H, L, d) each
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, H, t + L, d) views into the cache
         res = qkv.attention(q, k, v, causal=self.causal and not self.cross, mask=mask, kv_lengths=kv_lengths,
-                            return_weights=return_weights)
+                            return_weights=return_weights, out=buffer(scratch, "att", (B, H, L, d)))
         y, weights = res if return_weights else (res, None)
-        y = y.transpose(0, 2, 1, 3).reshape(B, L, C)  # (B, L, H, d) -> (B, L, C)
-        y = self.c_proj(y)
+        y = y.transpose(0, 2, 1, 3)  # (B, L, H, d); for L == 1 this is already (B, 1, C) in memory
+        if scratch is None or L == 1:
+            y = y.reshape(B, L, C)
+        else:
+            flat = scratch("att_rows", (B, L, C))
+            namespace(flat).copyto(flat.reshape(B, L, H, d), y)
+            y = flat
+        y = self.c_proj(y, out=out)  # the heads' Wv_up, stapled: (B, L, C) @ (C, C)
         return (y, weights) if return_weights else y
 
 
@@ -165,8 +178,9 @@ class MLP(Module):
         self.c_proj = Linear(n_inner, n_embd, bias, dtype, xp)
         self.activation = activation
 
-    def __call__(self, x):
-        return self.c_proj(self.c_fc(x, self.activation))
+    def __call__(self, x, *, scratch=None, out=None):
+        h = self.c_fc(x, self.activation, out=buffer(scratch, "fc", x.shape[:-1] + self.c_fc.weight.shape[1:]))
+        return self.c_proj(h, out=out)
 
 
 class Block(Module):
@@ -184,16 +198,29 @@ class Block(Module):
         self.ln_2 = LayerNorm(n_embd, eps, dtype, xp)
         self.mlp = MLP(n_embd, n_inner, activation, bias, dtype, xp)
 
-    def __call__(self, x, *, mask=None, kv_lengths=None, cache=None, layer=0, return_weights=False):
-        kw = dict(mask=mask, kv_lengths=kv_lengths, cache=cache, layer=layer, return_weights=return_weights)
+    def __call__(self, x, *, mask=None, kv_lengths=None, cache=None, layer=0, return_weights=False, scratch=None):
+        """x (B, L, C) -> (B, L, C) [, attention weights (B, H, L, Lk)].
+
+        With a scratch, x is the caller's residual stream buffer: it is updated in place and
+        returned. Without one, x is left untouched and a new array is returned.
+        """
+        kw = dict(mask=mask, kv_lengths=kv_lengths, cache=cache, layer=layer, return_weights=return_weights,
+                  scratch=scratch, out=buffer(scratch, "proj", x.shape))
         if self.pre_ln:
-            a = self.attn(self.ln_1(x), **kw)
+            a = self.attn(self.ln_1(x, out=buffer(scratch, "ln", x.shape)), **kw)
             a, w = a if return_weights else (a, None)
-            x = x + a
-            x += self.mlp(self.ln_2(x))
+            if scratch is None:
+                x = x + a
+            else:
+                x += a
+            x += self.mlp(self.ln_2(x, out=buffer(scratch, "ln", x.shape)), scratch=scratch,
+                          out=buffer(scratch, "proj", x.shape))
         else:
             a = self.attn(x, **kw)
             a, w = a if return_weights else (a, None)
-            x = self.ln_1(x + a)
-            x = self.ln_2(x + self.mlp(x))
+            a += x  # a is ours (fresh or the "proj" buffer)
+            h = self.ln_1(a, out=None if scratch is None else x)
+            m = self.mlp(h, scratch=scratch, out=buffer(scratch, "proj", x.shape))
+            m += h
+            x = self.ln_2(m, out=None if scratch is None else h)
         return (x, w) if return_weights else x

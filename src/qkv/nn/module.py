@@ -1,5 +1,10 @@
 """A minimal module base: parameters are array attributes, submodules are Module attributes (or
-lists of them). It gives named parameters (HF-style dotted names), counting, and device moves."""
+lists of them). It gives named parameters (HF-style dotted names), counting, and device moves.
+
+Scratch holds the work buffers of one forward pass (or of a whole generation): every block of a
+model has the same shapes, so one set of buffers serves all layers, and a decode step reuses the
+previous step's. Fresh allocations in a hot loop cost page faults, not just malloc.
+"""
 
 import numpy as np
 
@@ -74,3 +79,35 @@ class Module:
 
             return cupy
         return np
+
+
+class Scratch:
+    """Named work buffers, allocated on first use and reused while the shape stays the same.
+
+    Not shared between threads: each forward call (or each generate call) makes its own.
+    """
+
+    def __init__(self, xp, dtype):
+        self.xp, self.dtype = xp, dtype
+        self._bufs = {}
+
+    def __call__(self, name, shape):
+        shape = tuple(int(n) for n in shape)
+        b = self._bufs.get(name)
+        if b is None or b.shape != shape:
+            b = self._bufs[name] = self.xp.empty(shape, dtype=self.dtype)
+        return b
+
+
+def buffer(scratch, name, shape):
+    """scratch(name, shape), or None (let the op allocate) when there is no scratch."""
+    return None if scratch is None else scratch(name, shape)
+
+
+def namespace(a):
+    """numpy or cupy, whichever holds ``a``."""
+    if _backend.array_kind(a) == "cupy":
+        import cupy
+
+        return cupy
+    return np
