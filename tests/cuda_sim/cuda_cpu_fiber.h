@@ -10,7 +10,9 @@
 // The inline-PTX wrappers of common.cuh get emulated versions here (QKV_CPU_SIM):
 // - cp_async16 queues the copy in the calling thread's open group; cp_async_commit closes the
 //   group; cp_async_wait<N> performs all but the newest N groups. A kernel that reads a tile
-//   before waiting for it reads the previous contents, as on the GPU.
+//   before waiting for it reads the previous contents, as on the GPU. With cp_async_eager the
+//   copy lands at issue instead (the other legal extreme): a tile overwritten while another
+//   warp still reads it shows up then.
 // - ldsm_x4 / ldsm_x4_trans and mma_16816 follow the fragment layouts of the PTX ISA
 //   (ldmatrix .m8n8.x4[.trans].b16; mma.sync .m16n8k16.row.col.f32.{f16,bf16}.f32): each lane
 //   publishes its operands, the warp meets at a barrier, each lane computes its own outputs.
@@ -69,6 +71,8 @@ inline const void* ptr_buf[32][32];
 inline unsigned a_buf[32][32][4], b_buf[32][32][2];
 inline std::vector<unsigned char> dyn_smem;
 inline const std::function<void()>* cur_kernel = nullptr;
+inline int policy = 0;            // see launch()
+inline bool cp_async_eager = false;  // copy at issue (earliest completion) instead of at the wait (latest)
 
 inline void do_copies(std::vector<Copy>& g) {
     for (auto& c : g) {
@@ -128,20 +132,28 @@ inline void launch(Dim3 grid, Dim3 block, size_t smem_bytes, const std::function
             f.ctx.uc_link = nullptr;
             makecontext(&f.ctx, fiber_entry, 0);
         }
+        // Scheduling: run one ready fiber until it blocks, then pick the next. policy 0 sweeps
+        // round-robin (warps move in lockstep); 1 always resumes the lowest ready thread and 2 the
+        // highest, so early or late warps run as far ahead as the barriers allow and a missing
+        // barrier turns into a wrong answer.
+        unsigned rr = 0;
         for (unsigned left = n; left;) {
-            bool progress = false;
-            for (auto& f : fs) {
-                if (f.done || (f.wait_bar && f.wait_bar->gen == f.wait_gen)) continue;
-                f.wait_bar = nullptr;
-                cur = &f;
-                progress = true;
-                swapcontext(&sched_ctx, &f.ctx);
-                if (f.done) --left;
+            int pick = -1;
+            for (unsigned c = 0; c < n && pick < 0; ++c) {
+                unsigned t = policy == 0 ? (rr + c) % n : policy == 1 ? c : n - 1 - c;
+                Fiber& f = fs[t];
+                if (!f.done && !(f.wait_bar && f.wait_bar->gen == f.wait_gen)) pick = int(t);
             }
-            if (!progress) {
+            if (pick < 0) {
                 std::fprintf(stderr, "cpusim: deadlock (divergent barrier?) in block %u,%u,%u\n", bx, by, bz);
                 std::abort();
             }
+            Fiber& f = fs[pick];
+            rr = unsigned(pick) + 1;
+            f.wait_bar = nullptr;
+            cur = &f;
+            swapcontext(&sched_ctx, &f.ctx);
+            if (f.done) --left;
         }
     }
 }
@@ -169,7 +181,10 @@ using std::max;
 using std::min;
 
 namespace qkv {
-inline void cp_async16(void* smem, const void* gmem, bool valid) { cpusim::cur->open.push_back({smem, gmem, valid}); }
+inline void cp_async16(void* smem, const void* gmem, bool valid) {
+    cpusim::cur->open.push_back({smem, gmem, valid});
+    if (cpusim::cp_async_eager) cpusim::do_copies(cpusim::cur->open);
+}
 inline void cp_async_commit() {
     cpusim::cur->groups.push_back(std::move(cpusim::cur->open));
     cpusim::cur->open.clear();

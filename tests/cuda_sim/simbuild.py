@@ -75,6 +75,7 @@ extern "C" int qkv_sim_launch(const char* name, unsigned gx, unsigned gy, unsign
     }
     return 1;
 }
+extern "C" void qkv_sim_set_policy(int p, int eager) { cpusim::policy = p; cpusim::cp_async_eager = eager; }
 """
 
 
@@ -132,13 +133,21 @@ class SimRuntime:
 
     xp = np
 
-    def __init__(self, so_path, sms=4):
+    POLICIES = {"round_robin": 0, "low_first": 1, "high_first": 2}
+
+    def __init__(self, so_path, sms=4, policy="round_robin"):
         self.lib = ctypes.CDLL(so_path)
+        self.set_policy(policy)
         self.lib.qkv_sim_launch.restype = ctypes.c_int
         self.lib.qkv_sim_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [ctypes.c_ulonglong,
                                                                                       ctypes.POINTER(ctypes.c_void_p)]
         self.sms = sms
         self.launches = []  # (family, name, grid, block, smem) of every launch, for the tests
+
+    def set_policy(self, name, eager=False):
+        """How fibers are scheduled ("round_robin", "low_first", "high_first") and whether cp.async
+        copies land at issue (eager) or at the wait (see cuda_cpu_fiber.h)."""
+        self.lib.qkv_sim_set_policy(self.POLICIES[name], int(eager))
 
     def sm_count(self):
         return self.sms

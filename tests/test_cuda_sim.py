@@ -1,0 +1,298 @@
+"""The real CUDA kernels (src/qkv/_cuda/*.cu) executed on the CPU, against the NumPy oracle.
+
+tests/cuda_sim compiles every .cu file with g++ under a small fiber-per-thread CUDA shim (real
+barriers and warp shuffles; cp.async, ldmatrix and mma.sync emulated from the PTX ISA layouts)
+and plugs it into qkv._cuda in place of CuPy, so each test runs the backend's own Python code and
+the kernels it launches. Sizes are tiny: tails that are not a multiple of the tile, both causal
+alignments, masks, kv_lengths, GQA/MQA, float16/bfloat16 rounding, fully masked rows.
+Skipped when g++ or the CUDA headers are missing.
+"""
+
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "cuda_sim"))
+import simbuild  # noqa: E402
+
+import qkv._cuda as qc  # noqa: E402
+from qkv import _reference as ref  # noqa: E402
+
+pytestmark = pytest.mark.skipif(simbuild.missing_tools() is not None, reason=str(simbuild.missing_tools()))
+
+try:
+    import ml_dtypes
+
+    BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # bfloat16 cases need ml_dtypes
+    BF16 = None
+
+DTYPES = ["float32", "float16"] + (["bfloat16"] if BF16 is not None else [])
+# |actual - oracle| <= TOL * (1 + |oracle|max): float16/bfloat16 include rounding P to 16 bits before P V
+TOL = {"float32": 3e-6, "float16": 2e-3, "bfloat16": 1.6e-2}
+
+
+def _dt(name):
+    return BF16 if name == "bfloat16" else np.dtype(name)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    rt = simbuild.SimRuntime(simbuild.build())
+    saved = qc._rt
+    qc._rt = rt
+    yield rt
+    qc._rt = saved
+    qc.set_path("auto")
+
+
+@pytest.fixture
+def path(request):
+    yield
+    qc.set_path("auto")
+
+
+def check(actual, expected, dtype_name, what=""):
+    a = np.asarray(actual).astype(np.float64)
+    e = np.asarray(expected).astype(np.float64)
+    assert a.shape == e.shape, (a.shape, e.shape)
+    assert np.array_equal(np.isnan(a), np.isnan(e)), f"{what}: NaN positions differ"
+    fin = np.isfinite(e)
+    assert np.array_equal(a[~fin & ~np.isnan(e)], e[~fin & ~np.isnan(e)]), f"{what}: infinities differ"
+    scale = 1 + (np.abs(e[fin]).max() if fin.any() else 0)
+    err = np.abs(a[fin] - e[fin]).max() if fin.any() else 0.0
+    assert err <= TOL[dtype_name] * scale, f"{what}: max err {err:.3e} > {TOL[dtype_name] * scale:.3e}"
+
+
+def rand(rng, shape, dtype_name, lo=-2, hi=2):
+    return rng.uniform(lo, hi, size=shape).astype(_dt(dtype_name))
+
+
+def run_attention(sim, q, k, v, kernel, **kw):
+    """The backend's attention with ``kernel`` forced; asserts that kernel ran. Returns (out, lse)."""
+    qc.set_path({"attn_mma": "mma", "attn_rows": "rows", "attn_combine": "split"}[kernel])
+    n = len(sim.launches)
+    o, lse = qc.attention(q, k, v, kw.pop("scale", 1 / np.sqrt(q.shape[-1])), return_lse=True, **kw)
+    names = [name for _, name, *_ in sim.launches[n:]]
+    assert any(name.startswith(kernel + "<") for name in names), names
+    return o, lse
+
+
+ATTN_SHAPES = [  # B, Hq, Hkv, Lq, Lk, D, Dv
+    (1, 2, 2, 37, 70, 64, 64),    # tails on both axes
+    (2, 4, 2, 20, 129, 64, 64),   # GQA, Lk one past two tiles
+    (1, 3, 1, 65, 65, 128, 128),  # MQA, square, one past a 64-query tile
+    (1, 2, 1, 90, 33, 64, 64),    # more queries than keys (bottom-right rows with no key)
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["attn_mma", "attn_rows", "attn_combine"])
+@pytest.mark.parametrize("causal", [None, "bottom_right", "top_left"])
+@pytest.mark.parametrize("shape", ATTN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_attention_contract(sim, path, dtype, kernel, causal, shape):
+    if kernel == "attn_mma" and dtype == "float32":
+        pytest.skip("the tensor-core kernel takes float16/bfloat16")
+    B, Hq, Hkv, Lq, Lk, D, Dv = shape
+    if kernel == "attn_combine":
+        Lq = min(Lq, 3)  # split-KV decode: a few queries against the whole cache
+    rng = np.random.default_rng(hash((dtype, kernel, causal, shape)) % 2**32)
+    q, k, v = rand(rng, (B, Hq, Lq, D), dtype), rand(rng, (B, Hkv, Lk, D), dtype), rand(rng, (B, Hkv, Lk, Dv), dtype)
+    o, lse = run_attention(sim, q, k, v, kernel, causal=causal)
+    eo, el = ref.attention(q, k, v, 1 / np.sqrt(D), causal=causal, return_lse=True)
+    check(o, eo, dtype, "out")
+    check(lse, el, "float32" if dtype == "float32" else "float16", "lse")
+    if causal == "bottom_right" and Lq > Lk:  # rows that see no key: exactly zero, lse -inf
+        assert not np.asarray(o[:, :, : Lq - Lk].astype(np.float32)).any()
+        assert np.all(lse[:, :, : Lq - Lk] == -np.inf)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["attn_mma", "attn_rows", "attn_combine"])
+def test_attention_masks_and_kv_lengths(sim, path, dtype, kernel):
+    if kernel == "attn_mma" and dtype == "float32":
+        pytest.skip("the tensor-core kernel takes float16/bfloat16")
+    rng = np.random.default_rng(7)
+    B, Hq, Hkv, Lq, Lk, D = 3, 2, 1, 19 if kernel != "attn_combine" else 2, 75, 64
+    q, k, v = rand(rng, (B, Hq, Lq, D), dtype), rand(rng, (B, Hkv, Lk, D), dtype), rand(rng, (B, Hkv, Lk, D), dtype)
+    kvl = np.array([75, 0, 40])  # full, empty (rows of zeros), partial
+    bool_mask = rng.random((B, 1, Lq, Lk)) < 0.7  # broadcast over heads
+    bool_mask[0, 0, 1] = False                    # a fully masked row
+    add_mask = np.where(rng.random((1, Hq, 1, Lk)) < 0.8, rng.normal(size=(1, Hq, 1, Lk)), -np.inf).astype(q.dtype)
+    for mask in (bool_mask, add_mask):
+        for causal in (None, "bottom_right"):
+            o, lse = run_attention(sim, q, k, v, kernel, mask=mask, kv_lengths=kvl, causal=causal)
+            eo, el = ref.attention(q, k, v, 1 / 8, mask=mask, kv_lengths=kvl, causal=causal, return_lse=True)
+            check(o, eo, dtype, f"out mask={mask.dtype} causal={causal}")
+            check(lse, el, "float32" if dtype == "float32" else "float16", "lse")
+            assert not np.asarray(o[1].astype(np.float32)).any() and np.all(lse[1] == -np.inf)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_masked_keys_hold_nan(sim, path, dtype):
+    """NaN/Inf in masked K/V never reach the output; a NaN among visible keys poisons only its rows."""
+    rng = np.random.default_rng(3)
+    B, H, L, D = 1, 2, 40, 64
+    q, k, v = rand(rng, (B, H, L, D), dtype), rand(rng, (B, H, L, D), dtype), rand(rng, (B, H, L, D), dtype)
+    k[:, :, 35:] = np.nan       # beyond kv_lengths
+    v[:, :, 35:] = np.inf
+    v[:, :, 20] = np.nan        # future key for rows < 20 under causal
+    kvl = np.array([35])
+    for kernel in (["attn_mma"] if dtype != "float32" else []) + ["attn_rows"]:
+        qc.set_path("mma" if kernel == "attn_mma" else "rows")
+        o = qc.attention(q, k, v, 1 / 8, causal="bottom_right", kv_lengths=kvl)
+        eo = ref.attention(q, k, v, 1 / 8, causal="bottom_right", kv_lengths=kvl)
+        check(o, eo, dtype, kernel)
+        assert np.isfinite(np.asarray(o[:, :, :20], dtype=np.float32)).all()
+        assert np.isnan(np.asarray(o[:, :, 20:], dtype=np.float32)).all()
+    # NaN among visible scores: that row only
+    k2 = k.copy()
+    k2[:, :, 35:] = 0
+    q2 = q.copy()
+    q2[0, 0, 5, 0] = np.nan
+    for kernel in (["attn_mma"] if dtype != "float32" else []) + ["attn_rows"]:
+        qc.set_path("mma" if kernel == "attn_mma" else "rows")
+        o = np.asarray(qc.attention(q2, k2, v[:, :, :20].repeat(2, axis=2), 1 / 8), dtype=np.float32)
+        assert np.isnan(o[0, 0, 5]).all() and np.isfinite(np.delete(o[0, 0], 5, axis=0)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_other_head_dims_and_views(sim, path, dtype):
+    rng = np.random.default_rng(11)
+    for D, Dv in ((32, 32), (64, 48), (200, 256)):
+        q, k, v = rand(rng, (1, 2, 9, D), dtype), rand(rng, (1, 2, 13, D), dtype), rand(rng, (1, 2, 13, Dv), dtype)
+        o = qc.attention(q, k, v, 0.1, causal="top_left")
+        check(o, ref.attention(q, k, v, 0.1, causal="top_left"), dtype, f"D={D} Dv={Dv}")
+        assert sim.launches[-1][1].startswith("attn_rows<")
+    # (B, L, H, D) transposed to (B, H, L, D): used without a copy, also by the tensor-core kernel
+    x = rand(rng, (2, 70, 3 * 3, 64), dtype)
+    q, k, v = (x[:, :, i * 3:(i + 1) * 3].transpose(0, 2, 1, 3) for i in range(3))
+    out = np.zeros((2, 3, 70, 64 * 2), dtype=q.dtype)[..., ::2]  # a non-contiguous out=
+    o = qc.attention(q, k, v, 0.125, causal="bottom_right", out=out)
+    assert o is out
+    check(out, ref.attention(q, k, v, 0.125, causal="bottom_right"), dtype, "views")
+    if dtype != "float32":
+        assert sim.launches[-1][1].startswith("attn_mma<")
+
+
+def test_attention_auto_paths(sim, path):
+    """auto: tensor cores for float16 prefill, split-KV + combine for decode against a long cache."""
+    rng = np.random.default_rng(5)
+    q, k, v = rand(rng, (1, 2, 1, 64), "float16"), rand(rng, (1, 2, 1024, 64), "float16"), rand(rng, (1, 2, 1024, 64), "float16")
+    n = len(sim.launches)
+    o = qc.attention(q, k, v, 0.125, causal="bottom_right")
+    names = [x[1] for x in sim.launches[n:]]
+    assert names[0].startswith("attn_rows<") and names[-1].startswith("attn_combine<")
+    assert sim.launches[n][2][2] > 1  # grid z = B * splits
+    check(o, ref.attention(q, k, v, 0.125, causal="bottom_right"), "float16", "decode")
+    q = rand(rng, (1, 2, 80, 64), "float16")
+    qc.attention(q, k, v, 0.125)
+    assert sim.launches[-1][1] == "attn_mma<__half, 64>"
+    assert sim.launches[-1][4] == qc.kernels.attn_mma_smem(64)
+
+
+def test_attention_return_weights(sim, path):
+    rng = np.random.default_rng(2)
+    q, k, v = rand(rng, (2, 4, 6, 32), "float32"), rand(rng, (2, 2, 9, 32), "float32"), rand(rng, (2, 2, 9, 32), "float32")
+    mask = rng.random((1, 1, 6, 9)) < 0.8
+    kvl = np.array([9, 4])
+    o, lse, w = qc.attention(q, k, v, 0.2, causal="bottom_right", mask=mask, kv_lengths=kvl, return_lse=True,
+                             return_weights=True)
+    eo, el, ew = ref.attention(q, k, v, 0.2, causal="bottom_right", mask=mask, kv_lengths=kvl, return_lse=True,
+                                 return_weights=True)
+    check(w, ew, "float32", "weights")
+    check(o, eo, "float32", "out")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax(sim, dtype):
+    rng = np.random.default_rng(1)
+    x = rand(rng, (2, 3, 5, 300), dtype, -20, 20)
+    bool_mask = rng.random((2, 1, 5, 300)) < 0.5
+    bool_mask[0, 0, 1] = False
+    add = np.where(rng.random((300,)) < 0.9, rng.normal(size=300), -np.inf).astype(x.dtype)
+    for mask in (None, bool_mask, add, bool_mask[..., ::-1]):
+        for causal in (None, "bottom_right", "top_left"):
+            y = qc.softmax(x, mask=mask, causal=causal, scale=0.7)
+            e = ref.softmax(x, mask=mask, causal=causal, scale=0.7)
+            check(y, e, dtype, f"softmax mask={None if mask is None else mask.dtype} causal={causal}")
+            assert np.all(np.asarray(y)[e == 0] == 0)  # masked entries are exactly 0
+    check(qc.softmax(x[0, 0, 0]), ref.softmax(x[0, 0, 0]), dtype, "1-D")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_norm_gelu_linear_embedding(sim, dtype):
+    rng = np.random.default_rng(4)
+    x = rand(rng, (3, 7, 97), dtype) + np.asarray(50, dtype=_dt(dtype))  # a large mean must not cancel
+    w, b = rand(rng, (97,), dtype), rand(rng, (97,), dtype)
+    check(qc.layer_norm(x, w, b, 1e-5), ref.layer_norm(x, w, b, 1e-5), dtype, "layer_norm")
+    check(qc.layer_norm(x, None, None, 1e-5), ref.layer_norm(x, None, None, 1e-5), dtype, "layer_norm no affine")
+    g = rand(rng, (4, 33), dtype, -6, 6)
+    for approx in ("tanh", "none"):
+        check(qc.gelu(g, approx), ref.gelu(g, approx), dtype, f"gelu {approx}")
+    a, wt, bias = rand(rng, (2, 5, 24), dtype), rand(rng, (24, 40), dtype), rand(rng, (40,), dtype)
+    for act in (None, "gelu_tanh", "gelu", "relu"):
+        y = qc.linear(a, wt, bias, act)
+        # the GEMM itself is the array module's; compare the epilogue from the same product
+        prod = (a.astype(np.float32) @ wt.astype(np.float32)).astype(a.dtype)
+        e = ref.linear(prod, np.eye(40, dtype=a.dtype), bias, act)
+        check(y, e, dtype, f"linear {act}")
+    table, pos = rand(rng, (50, 16), dtype), rand(rng, (20, 16), dtype)
+    ids = rng.integers(0, 50, size=(2, 6))
+    e = qc.embedding(ids, table, pos, pos0=3)
+    check(e, (table[ids].astype(np.float64) + pos[3:9].astype(np.float64)).astype(table.dtype), dtype, "embedding")
+    with pytest.raises(ValueError, match="ids must lie in"):
+        qc.embedding(np.array([0, 50]), table)
+
+
+def _mutated_build(tmp_path, file, pattern):
+    """Build a copy of the kernels with the first line matching ``pattern`` in ``file`` removed."""
+    src = tmp_path / "_cuda"
+    shutil.copytree(qc.kernels.HERE, src, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    text = (src / file).read_text()
+    lines = text.splitlines(keepends=True)
+    hits = [i for i, line in enumerate(lines) if re.search(pattern, line)]
+    assert hits, f"{pattern!r} not found in {file}"
+    del lines[hits[0]]
+    (src / file).write_text("".join(lines))
+    return simbuild.SimRuntime(simbuild.build(str(src), str(tmp_path / "build")))
+
+
+@pytest.mark.parametrize("kernel,pattern", [
+    ("attn_rows", r"__syncthreads\(\);\s*// the previous tile is consumed"),
+    ("attn_mma", r"__syncthreads\(\);\s*// everyone is done with buffer buf"),
+])
+def test_harness_catches_a_removed_syncthreads(sim, path, tmp_path, kernel, pattern):
+    """Intact: right under every fiber schedule. One barrier removed: wrong under at least one."""
+    rng = np.random.default_rng(9)
+    q, k, v = rand(rng, (1, 1, 64, 64), "float16"), rand(rng, (1, 1, 256, 64), "float16"), rand(rng, (1, 1, 256, 64), "float16")
+    expected = ref.attention(q, k, v, 0.125)
+    broken = _mutated_build(tmp_path, "attention.cu", pattern)
+    errors = {}
+    try:
+        for policy, eager in itertools.product(simbuild.SimRuntime.POLICIES, (False, True)):
+            sim.set_policy(policy, eager)
+            o, _ = run_attention(sim, q, k, v, kernel)
+            check(o, expected, "float16", f"intact kernel, {policy}")
+            broken.set_policy(policy, eager)
+            qc._rt = broken
+            o_bad, _ = run_attention(broken, q, k, v, kernel)
+            qc._rt = sim
+            errors[policy, eager] = float(np.abs(o_bad.astype(np.float64) - expected).max())
+    finally:
+        qc._rt = sim
+        sim.set_policy("round_robin")
+    assert max(errors.values()) > 0.05, f"the race went unnoticed: max errors {errors}"
+
+
+def test_import_needs_no_cupy():
+    code = "import sys, qkv, qkv._cuda, qkv._cuda.kernels; assert 'cupy' not in sys.modules; print(qkv._cuda.available())"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr
