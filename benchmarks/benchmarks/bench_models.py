@@ -5,9 +5,11 @@ Random weights (nothing is downloaded): speed does not depend on the values. Siz
     MiniLM-L6     6 layers, 12 heads, 384 wide, MLP 1536, vocab 30522 (all-MiniLM-L6-v2's shape)
 torch's baselines are transformers' GPT2LMHeadModel and BertModel in eval mode under no_grad.
 
-- ``GPT2Forward``: logits for one sequence of L tokens, (1, L) -> (1, L, 50257).
-- ``GPT2Decode``: one greedy step with a KV cache holding ``context`` tokens; the cache is cut
-  back to ``context`` after each step, so every timed call does the same work.
+- ``GPT2Forward``: logits for one sequence of L tokens, (1, L) -> (1, L, 50257). The NumPy
+  reference runs L = 128 only (longer with QKV_BENCH_XL=1: tens of seconds a call).
+- ``GPT2Decode``: one new token through the model against a KV cache holding ``context`` tokens,
+  (1, 1) -> (1, 1, 50257); the cache is cut back to ``context`` after each step, so every timed
+  call does the same work.
 - ``MiniLMEmbed``: 32 sentences of 8..40 tokens, padded to the longest, mean-pooled and
   L2-normalised (the sentence-transformers recipe).
 The sizes live in GPT2_SMALL / MINILM so the tests can swap in tiny ones.
