@@ -180,6 +180,17 @@ def peak_memory(lib, L, threads):
     return float(res.stdout.strip().splitlines()[-1])
 
 
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def markdown(result):
     m = result["machine"]
     lines = [
@@ -188,7 +199,10 @@ def markdown(result):
         f"float32, B=1, H={H}, D={D}, {m['threads']} threads, {m['cpu']}. "
         f"FMA peak (measured in this run) {m['fma_peak_gflops']:.0f} GFLOP/s; SGEMM 2048^3: NumPy "
         f"{m['numpy_sgemm_gflops']:.0f}" + (f", torch {m['torch_sgemm_gflops']:.0f}" if "torch_sgemm_gflops" in m else "")
-        + " GFLOP/s. GFLOP/s = 4*B*H*Lq*Lk*D / time (halved for causal). Medians of "
+        + f" GFLOP/s. 1-minute load average before/after: {m['load_average_before_after'][0]:.1f}/"
+        f"{m['load_average_before_after'][1]:.1f} (other jobs on the machine lower every figure; the FMA "
+        f"peak before/after, {m['fma_peak_before_after'][0]:.0f}/{m['fma_peak_before_after'][1]:.0f}, shows how much)."
+        + " GFLOP/s = 4*B*H*Lq*Lk*D / time (halved for causal). Medians of "
         f"{result['repeat']} alternating calls. Command: `{result['command']}`",
         "",
         "| Lq | Lk | causal | qkv ms | qkv GFLOP/s | % FMA peak | torch ms | torch GFLOP/s | qkv / torch | NumPy GFLOP/s | qkv path |",
@@ -241,8 +255,9 @@ def main(argv=None):
     qkv.set_num_threads(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)
+    load0 = os.getloadavg()[0]
     fma0 = _build.fma_peak(args.threads)
-    machine = {"threads": args.threads, "cpu": platform.processor() or platform.machine(),
+    machine = {"threads": args.threads, "cpu": cpu_name(),
                "simd": qkv._config.simd_name(), "torch": getattr(torch, "__version__", None),
                "numpy": np.__version__, **sgemm_peak(args.threads)}
     rows = []
@@ -253,7 +268,10 @@ def main(argv=None):
     for Lk in args.decode:
         rows.append(compare(1, Lk, False, args.threads, args.repeat * 5, with_numpy=True))
         print(rows[-1], flush=True)
-    machine["fma_peak_gflops"] = max(fma0, _build.fma_peak(args.threads))
+    fma1 = _build.fma_peak(args.threads)
+    machine["fma_peak_gflops"] = max(fma0, fma1)
+    machine["fma_peak_before_after"] = [fma0, fma1]
+    machine["load_average_before_after"] = [load0, os.getloadavg()[0]]
     memory = {"L": args.memory_length, "numpy_scores_mib": H * args.memory_length**2 * 4 / 2**20}
     for lib in ("qkv",) + (("torch",) if torch is not None else ()):
         memory[lib] = peak_memory(lib, args.memory_length, args.threads)
