@@ -26,20 +26,7 @@ from qkv import _reference as ref  # noqa: E402
 
 pytestmark = pytest.mark.skipif(simbuild.missing_tools() is not None, reason=str(simbuild.missing_tools()))
 
-try:
-    import ml_dtypes
-
-    BF16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # bfloat16 cases need ml_dtypes
-    BF16 = None
-
-DTYPES = ["float32", "float16"] + (["bfloat16"] if BF16 is not None else [])
-# |actual - oracle| <= TOL * (1 + |oracle|max): float16/bfloat16 include rounding P to 16 bits before P V
-TOL = {"float32": 3e-6, "float16": 2e-3, "bfloat16": 1.6e-2}
-
-
-def _dt(name):
-    return BF16 if name == "bfloat16" else np.dtype(name)
+from cases import BF16, DTYPES, TOL, _dt, check, mma_probe_case, rand  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -56,22 +43,6 @@ def sim():
 def path(request):
     yield
     qc.set_path("auto")
-
-
-def check(actual, expected, dtype_name, what=""):
-    a = np.asarray(actual).astype(np.float64)
-    e = np.asarray(expected).astype(np.float64)
-    assert a.shape == e.shape, (a.shape, e.shape)
-    assert np.array_equal(np.isnan(a), np.isnan(e)), f"{what}: NaN positions differ"
-    fin = np.isfinite(e)
-    assert np.array_equal(a[~fin & ~np.isnan(e)], e[~fin & ~np.isnan(e)]), f"{what}: infinities differ"
-    scale = 1 + (np.abs(e[fin]).max() if fin.any() else 0)
-    err = np.abs(a[fin] - e[fin]).max() if fin.any() else 0.0
-    assert err <= TOL[dtype_name] * scale, f"{what}: max err {err:.3e} > {TOL[dtype_name] * scale:.3e}"
-
-
-def rand(rng, shape, dtype_name, lo=-2, hi=2):
-    return rng.uniform(lo, hi, size=shape).astype(_dt(dtype_name))
 
 
 def run_attention(sim, q, k, v, kernel, **kw):
@@ -296,3 +267,13 @@ def test_import_needs_no_cupy():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != "float32"])
+def test_mma_probe_emulation(sim, dtype):
+    """The emulated ldmatrix / ldmatrix.trans / mma.sync give A @ B exactly (same check runs on a GPU)."""
+    (a, bn, bk), (e_qk, e_pv) = mma_probe_case(dtype)
+    d_qk, d_pv = np.full((16, 16), np.nan, np.float32), np.full((16, 16), np.nan, np.float32)
+    sim.launch("probe", f"mma_probe<{qc.kernels.CTYPES[dtype]}>", (1,), (32,), (a, bn, bk, d_qk, d_pv))
+    np.testing.assert_array_equal(d_qk, e_qk)
+    np.testing.assert_array_equal(d_pv, e_pv)

@@ -79,13 +79,28 @@ extern "C" void qkv_sim_set_policy(int p, int eager) { cpusim::policy = p; cpusi
 """
 
 
+# test-only kernels built next to the package's: (file in tests/cuda_sim, name expressions)
+PROBES = [("mma_probe.cu", ["mma_probe<__half>", "mma_probe<__nv_bfloat16>"])]
+
+
+def probe_source(file):
+    """A probe's text with common.cuh inlined, as NVRTC gets it (test_cuda_gpu.py)."""
+    text = open(os.path.join(HERE, file)).read()
+    common = open(os.path.join(kernels.HERE, "common.cuh")).read().replace("#pragma once", "")
+    return text.replace('#include "common.cuh"', common)
+
+
 def launcher_source(src_dir):
     lines = ['#include "cuda_cpu_fiber.h"']
     lines += [f'#include "{os.path.join(src_dir, f)}"' for f, _ in kernels.FAMILIES.values()]
+    lines += [f'#include "{os.path.join(HERE, f)}"' for f, _ in PROBES]
     lines.append(_PRELUDE)
     lines.append("static const QkvSimEntry qkv_sim_entries[] = {")
     for fam in kernels.FAMILIES:
         for ne in kernels.name_expressions(fam):
+            lines.append(f'    {{"{ne}", [](void** a) {{ return qkv_sim_bind(&{ne}, a); }}}},')
+    for _, names in PROBES:
+        for ne in names:
             lines.append(f'    {{"{ne}", [](void** a) {{ return qkv_sim_bind(&{ne}, a); }}}},')
     lines.append("};")
     lines.append(_LAUNCH)
@@ -102,8 +117,9 @@ def build(src_dir=None, out_dir=None, extra_flags=()):
     os.makedirs(out_dir, exist_ok=True)
     src = launcher_source(src_dir)
     h = hashlib.sha256(src.encode())
-    for name in sorted(os.listdir(src_dir)) + ["../../tests/cuda_sim/cuda_cpu_fiber.h"]:
-        p = os.path.join(src_dir, name) if not name.startswith("..") else os.path.join(HERE, "cuda_cpu_fiber.h")
+    paths = [os.path.join(src_dir, n) for n in sorted(os.listdir(src_dir))]
+    paths += [os.path.join(HERE, "cuda_cpu_fiber.h")] + [os.path.join(HERE, f) for f, _ in PROBES]
+    for p in paths:
         if p.endswith((".cu", ".cuh", ".h")):
             h.update(open(p, "rb").read())
     h.update(" ".join(extra_flags).encode())
@@ -156,7 +172,7 @@ class SimRuntime:
         return a.ctypes.data
 
     def launch(self, family, name, grid, block, args, smem=0):
-        assert name in kernels.name_expressions(family), (family, name)
+        assert family == "probe" or name in kernels.name_expressions(family), (family, name)
         holders = []
         for a in args:
             if a is None:
