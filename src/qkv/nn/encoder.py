@@ -39,6 +39,8 @@ class Encoder(Module):
             ids = ids[None]
         if ids.ndim != 2 or ids.dtype.kind not in "iu" or ids.shape[1] == 0:
             raise ValueError(f"ids must be a non-empty integer array (B, L), got {ids.dtype} of shape {ids.shape}")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got {int(ids.min())}..{int(ids.max())}")
         B, L = ids.shape
         mask = kv_lengths = None
         if attention_mask is not None:
@@ -55,6 +57,8 @@ class Encoder(Module):
             if token_type_ids.shape != (B, L) or token_type_ids.dtype.kind not in "iu":
                 raise ValueError(f"token_type_ids must be an integer array of shape {(B, L)} like ids, "
                                  f"got {token_type_ids.dtype} of shape {token_type_ids.shape}")
+            if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= self.config.type_vocab_size:
+                raise ValueError(f"token_type_ids must lie in [0, {self.config.type_vocab_size})")
         x = self.ln_embed(self.embeddings(ids, token_type_ids=token_type_ids))  # (B, L, C), updated in place below
         scratch = Scratch(xp, x.dtype)
         trace = {"attention": [], "residual": [x.copy()]} if return_attention else None
