@@ -35,9 +35,9 @@ def compile_one(src, name, arch, name_expressions, user_opts):
         try:
             nvrtc.compileProgram(prog, opts)
         except nvrtc.NVRTCError:
-            return False, nvrtc.getProgramLog(prog).rstrip("\0"), {}
+            return False, nvrtc.getProgramLog(prog).replace("\0", ""), {}
         lowered = {ne: nvrtc.getLoweredName(prog, ne) for ne in name_expressions}
-        return True, nvrtc.getProgramLog(prog).rstrip("\0"), lowered
+        return True, nvrtc.getProgramLog(prog).replace("\0", ""), lowered
     finally:
         nvrtc.destroyProgram(prog)
 
@@ -110,7 +110,11 @@ def main(argv=None):
             status = "FAIL" if problems else "ok"
             print(f"[{status}] {fam:<10} {arch:<6} {len(names):2d} instances  {dt:5.2f} s")
             for mangled, (regs, smem, stack, st, ld) in sorted(res.items(), key=lambda kv: demangle.get(kv[0], kv[0])):
-                print(f"    {demangle.get(mangled, mangled):<40} regs {regs:3d}  smem {smem:6d} B  stack {stack} B")
+                name = demangle.get(mangled, mangled)
+                dyn = kernels.dynamic_smem(name) if name in lowered else 0
+                print(f"    {name:<32} regs {regs:3d}  smem {smem:6d} B static + {dyn:6d} B dynamic  stack {stack} B")
+                if smem + dyn > 227 * 1024:
+                    problems.append(f"{name}: {smem + dyn} B of shared memory exceeds 227 KiB")
             if problems or args.verbose:
                 print("    " + "; ".join(problems))
                 print("\n".join("    | " + line for line in log.splitlines() if line.strip()))

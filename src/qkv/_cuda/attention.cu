@@ -221,7 +221,7 @@ __global__ void __launch_bounds__(128) attn_mma(
 // attn_rows: CUDA-core forward, one warp per query row; also the split-KV decode kernel
 // ---------------------------------------------------------------------------------------------
 template <typename T, int DMAX>
-__global__ void __launch_bounds__(128) attn_rows(
+__global__ void __launch_bounds__(128, 4) attn_rows(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
     float* __restrict__ lse, float* __restrict__ part, const void* __restrict__ mask, int mask_kind,
     const int* __restrict__ kv_lengths, int B, int Hq, int Hkv, int Lq, int Lk, int D, int Dv, float scale,
@@ -255,6 +255,7 @@ __global__ void __launch_bounds__(128) attn_rows(
         Qs[warp * DMAX + d] = (row_ok && d < D) ? qkv::to_float(q[b * qsb + h * qsh + i * qsl + d]) : 0.f;
 
     float acc[PER];
+#pragma unroll
     for (int t = 0; t < PER; ++t) acc[t] = 0.f;
     float m_run = qkv::neg_inf(), l_run = 0.f;
 
@@ -284,14 +285,14 @@ __global__ void __launch_bounds__(128) attn_rows(
         m_run = m_new;
         Ps[warp * BN + lane] = p;
         __syncwarp();
-        for (int t = 0; t < PER; ++t) {
-            int d = lane + 32 * t;
-            float a = acc[t] * corr;
-            for (int r = 0; r < BN; ++r) {
-                float pr = Ps[warp * BN + r];
-                if (pr != 0.f) a += pr * Vs[r * DMAX + d];  // a masked key's V (NaN, Inf) never counts
-            }
-            acc[t] = a;
+#pragma unroll
+        for (int t = 0; t < PER; ++t) acc[t] *= corr;
+#pragma unroll 4
+        for (int r = 0; r < BN; ++r) {
+            float pr = Ps[warp * BN + r];
+            if (pr == 0.f) continue;                 // a masked key's V (NaN, Inf) never counts
+#pragma unroll
+            for (int t = 0; t < PER; ++t) acc[t] += pr * Vs[r * DMAX + lane + 32 * t];
         }
         __syncwarp();
     }
@@ -299,13 +300,15 @@ __global__ void __launch_bounds__(128) attn_rows(
 
     if (part) {                                       // split-KV: unnormalised partial (acc, m, l)
         float* pr = part + ((((long long)split * B + b) * Hq + h) * Lq + i) * (Dv + 2);
+#pragma unroll
         for (int t = 0; t < PER; ++t)
             if (lane + 32 * t < Dv) pr[lane + 32 * t] = acc[t];
         if (lane == 0) { pr[Dv] = m_run; pr[Dv + 1] = l_run; }
         return;
     }
-    float inv = l_run == 0.f ? 0.f : 1.f / l_run;
+    float inv = l_run == 0.f ? 0.f : __frcp_rn(l_run);
     T* orow = o + b * osb + h * osh + i * osl;
+#pragma unroll
     for (int t = 0; t < PER; ++t)
         if (lane + 32 * t < Dv) orow[lane + 32 * t] = qkv::from_float<T>(acc[t] * inv);
     if (lse && lane == 0)

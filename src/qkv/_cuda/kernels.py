@@ -90,3 +90,14 @@ def attn_mma_smem(D, itemsize=2):
 def attn_rows_smem(dmax):
     """Dynamic shared memory of attn_rows<T, DMAX>: K (odd stride), V, Q rows and P, all float32."""
     return 4 * (ATTN_ROWS_BN * (dmax + 1) + ATTN_ROWS_BN * dmax + ATTN_ROWS_ROWS * dmax + ATTN_ROWS_ROWS * ATTN_ROWS_BN)
+
+
+def dynamic_smem(name):
+    """Dynamic shared memory a name expression is launched with (0 for static-only kernels)."""
+    m = re.fullmatch(r"(\w+)<(.+?)(?:, (\d+))?>", name)
+    template, ctype, param = m.group(1), m.group(2), m.group(3)
+    if template == "attn_mma":
+        return attn_mma_smem(int(param), 4 if ctype == "float" else 2)
+    if template == "attn_rows":
+        return attn_rows_smem(int(param))
+    return 0
