@@ -22,7 +22,7 @@ def _names(text, allowed, what):
 
 
 def add_parser(sub):
-    p = sub.add_parser("bench", help="time the headline kernels against NumPy and torch, with % of SGEMM peak")
+    p = sub.add_parser("bench", help="time the headline kernels against NumPy and torch, with %% of SGEMM peak")
     p.add_argument("--quick", action="store_true", help="short timing budget and a smaller SGEMM (a few seconds)")
     p.add_argument("--json", metavar="FILE", help="also write the full results (machine, versions, rows) to FILE")
     p.add_argument("--only", metavar="CASES", help=f"comma-separated subset of: {', '.join(CASE_NAMES)}")
