@@ -166,10 +166,17 @@ def _require_qkv_backend(name, dtype):
 
 
 class Benchmark:
-    """Base class: wall-clock timer, generous timeout, ``self.impl`` released in teardown."""
+    """Base class: wall-clock timer, generous timeout, ``self.impl`` released in teardown.
+
+    Sampling is kept modest so that a full ``asv run`` fits a 2-core machine: one round, 1 to 7
+    samples and at most ~5 s of sampling per parameter set (asv's defaults are 2 rounds, 10, 20 s).
+    """
 
     timer = timeit.default_timer
     timeout = 180
+    rounds = 1
+    repeat = (1, 7, 5.0)
+    warmup_time = 0.2
     impl = None
 
     def teardown(self, *params):
