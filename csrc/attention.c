@@ -22,8 +22,10 @@ Paths (one place: attn_choose_path):
   rescale of the online softmax are plain vector ops with no horizontal reductions. Register-blocked
   microkernels for K Q^T and P^T V, exp2 by polynomial with scale*log2(e) folded into Q, causal
   tiles skipped per 64-query sub-block, OpenMP over (batch, head, query block), costliest first.
-- split-K (decode: few queries, many keys): the keys of each (batch, head) are split into chunks
-  across threads; each chunk's partial (m, l, acc) is merged by log-sum-exp.
+  benchmarks/dev/attention_versions.py keeps the numbered versions that led here and what they taught.
+- split-K (decode: few queries, many keys): the keys of each (batch, kv head) are split into chunks
+  across threads; each chunk's partial (m, l, acc) is merged by log-sum-exp. For float32 the rows
+  run through a SIMD row kernel (attention_tiled.inc); decode is bound by reading K/V from memory.
 Shipped: split-K for Lq <= 16 (decode), tiled for float32 with AVX-512/AVX2 otherwise, plain for the
 rest (float64 prefill, scalar builds) and whenever the weights are asked for.
 */
