@@ -10,7 +10,8 @@ Semantics shared by every backend (see DESIGN.md, the attention contract):
 - causal "bottom_right": query i of Lq sees keys j <= i + Lk - Lq; "top_left": j <= i;
 - a score of -inf (masked) has probability exactly 0; a row with every score -inf is all zeros
   (and its log-sum-exp is -inf); a NaN among the visible scores makes the row's other
-  probabilities NaN.
+  probabilities NaN; without NaN, a +inf score (overflow of finite inputs) takes the limit: equal
+  mass on the +inf scores, so finite inputs never give NaN.
 """
 
 import numpy as np
@@ -61,7 +62,12 @@ def _softmax_lse(s):
         total = e.sum(axis=-1, keepdims=True)
         p = np.where(s == -np.inf, 0.0, e / np.where(empty, 1.0, total))
         p = np.where(empty, 0.0, p)
+        # a +inf score (overflow) without NaN: the limit puts equal mass on the +inf scores
+        posinf = (mx == np.inf) & ~np.isnan(s).any(axis=-1, keepdims=True)
+        n_inf = np.maximum((s == np.inf).sum(axis=-1, keepdims=True), 1)
+        p = np.where(posinf, (s == np.inf) / n_inf, p)
         lse = np.where(empty, -np.inf, mx_safe + np.log(np.where(empty, 1.0, total)))[..., 0]
+        lse = np.where(posinf[..., 0], np.inf, lse)
     return p, lse
 
 
