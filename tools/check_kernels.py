@@ -7,14 +7,22 @@ sm_90 (and sm_90a where a file asks for it with `// qkv-archs: sm_90a`). It fail
 - NVRTC reports an error or any warning (NVRTC 13.0 has no -Werror, so the log is scanned),
 - a name expression is not lowered,
 - ptxas reports spills, local memory or a stack frame (ptxas --warning-as-error does the first two),
+- (when cuobjdump + nvdisasm are available) a kernel's SASS lacks the instructions the table says
+  it must use (kernels.SASS_REQUIRED: tensor-core HMMA, ldmatrix LDSM, cp.async LDGSTS) or
+  touches local memory (LDL/STL),
 and prints registers / shared memory / stack per kernel instance.
 
     python tools/check_kernels.py [-v] [family ...]
 """
 
 import argparse
+import collections
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 STRICT = ("-Xptxas=-v", "-Xptxas=--warn-on-spills", "-Xptxas=--warn-on-local-memory-usage",
@@ -35,9 +43,10 @@ def compile_one(src, name, arch, name_expressions, user_opts):
         try:
             nvrtc.compileProgram(prog, opts)
         except nvrtc.NVRTCError:
-            return False, nvrtc.getProgramLog(prog).replace("\0", ""), {}
+            return False, nvrtc.getProgramLog(prog).replace("\0", ""), {}, b""
         lowered = {ne: nvrtc.getLoweredName(prog, ne) for ne in name_expressions}
-        return True, nvrtc.getProgramLog(prog).replace("\0", ""), lowered
+        # getCUBIN drops the trailing NUL that cuobjdump needs
+        return True, nvrtc.getProgramLog(prog).replace("\0", ""), lowered, nvrtc.getCUBIN(prog) + b"\0"
     finally:
         nvrtc.destroyProgram(prog)
 
@@ -68,10 +77,68 @@ def resources(log):
     return out
 
 
+def find_cuobjdump():
+    """cuobjdump (and its nvdisasm) from PATH or the nvidia-cuda-cuobjdump / -nvdisasm wheels, else None."""
+    exe = shutil.which("cuobjdump")
+    if exe and shutil.which("nvdisasm"):
+        return exe, os.environ.copy()
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for base in nvidia.__path__:
+        d = os.path.join(base, "cu13", "bin")
+        if os.path.exists(os.path.join(d, "cuobjdump")) and os.path.exists(os.path.join(d, "nvdisasm")):
+            return os.path.join(d, "cuobjdump"), {**os.environ, "PATH": d + os.pathsep + os.environ.get("PATH", "")}
+    return None
+
+
+def sass_opcodes(cubin, tool):
+    """{mangled kernel: Counter of SASS opcodes} of a cubin."""
+    exe, env = tool
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        r = subprocess.run([exe, "-sass", f.name], capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(f"cuobjdump failed: {r.stderr.strip()}")
+    out, cur = {}, None
+    for line in r.stdout.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            cur = out.setdefault(m.group(1), collections.Counter())
+            continue
+        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
+        if m and cur is not None:
+            cur[m.group(1)] += 1
+    return out
+
+
+def sass_problems(name, ops):
+    """Required instructions missing (kernels.SASS_REQUIRED) or local memory (LDL/STL) present."""
+    problems = []
+    template = name.split("<")[0]
+    for prefix in kernels_mod().SASS_REQUIRED.get(template, ()):
+        if not any(op.startswith(prefix) for op in ops):
+            problems.append(f"{name}: no {prefix} in the SASS")
+    local = sum(n for op, n in ops.items() if op.startswith(("LDL", "STL")))
+    if local:
+        problems.append(f"{name}: {local} local-memory instructions (LDL/STL)")
+    return problems
+
+
+def kernels_mod():
+    from qkv._cuda import kernels
+
+    return kernels
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("families", nargs="*")
     ap.add_argument("-v", "--verbose", action="store_true", help="print the full NVRTC logs")
+    ap.add_argument("--sass", choices=("auto", "require", "off"), default="auto",
+                    help="SASS checks with cuobjdump: when found (auto), always (require), never (off)")
     args = ap.parse_args(argv)
     try:
         from cupy_backends.cuda.libs import nvrtc
@@ -84,13 +151,19 @@ def main(argv=None):
     from qkv._cuda import kernels
 
     families = args.families or list(kernels.FAMILIES)
+    tool = find_cuobjdump() if args.sass != "off" else None
+    if args.sass == "require" and tool is None:
+        print("check_kernels: --sass require but no cuobjdump + nvdisasm (pip install nvidia-cuda-cuobjdump "
+              "nvidia-cuda-nvdisasm)", file=sys.stderr)
+        return 2
+    print("SASS checks:", "on" if tool else "off (no cuobjdump + nvdisasm)")
     failures = 0
     print(f"NVRTC {'.'.join(map(str, nvrtc.getVersion()))}, options {' '.join(kernels.OPTIONS)}")
     for fam in families:
         src, names = kernels.source(fam), kernels.name_expressions(fam)
         for arch in kernels.archs(fam):
             t0 = time.perf_counter()
-            ok, log, lowered = compile_one(src, kernels.FAMILIES[fam][0], arch, names, kernels.OPTIONS)
+            ok, log, lowered, cubin = compile_one(src, kernels.FAMILIES[fam][0], arch, names, kernels.OPTIONS)
             dt = time.perf_counter() - t0
             problems = []
             if not ok:
@@ -102,6 +175,9 @@ def main(argv=None):
                 problems.append(f"not lowered: {missing}")
             res = resources(log)
             demangle = {v: k for k, v in lowered.items()}
+            sass = sass_opcodes(cubin, tool) if (tool and ok) else {}
+            for mangled, ops in sass.items():
+                problems += sass_problems(demangle.get(mangled, mangled), ops)
             for mangled, (regs, smem, stack, st, ld) in sorted(res.items(), key=lambda kv: demangle.get(kv[0], kv[0])):
                 if stack or st or ld:
                     problems.append(f"{demangle.get(mangled, mangled)}: stack {stack} B, spills {st}/{ld} B")
@@ -112,7 +188,10 @@ def main(argv=None):
             for mangled, (regs, smem, stack, st, ld) in sorted(res.items(), key=lambda kv: demangle.get(kv[0], kv[0])):
                 name = demangle.get(mangled, mangled)
                 dyn = kernels.dynamic_smem(name) if name in lowered else 0
-                print(f"    {name:<32} regs {regs:3d}  smem {smem:6d} B static + {dyn:6d} B dynamic  stack {stack} B")
+                ops = sass.get(mangled, {})
+                tc = sum(n for op, n in ops.items() if op.startswith("HMMA"))
+                extra = f"  HMMA {tc}" if tc else ""
+                print(f"    {name:<32} regs {regs:3d}  smem {smem:6d} B static + {dyn:6d} B dynamic  stack {stack} B{extra}")
                 if smem + dyn > 227 * 1024:
                     problems.append(f"{name}: {smem + dyn} B of shared memory exceeds 227 KiB")
             if problems or args.verbose:

@@ -240,7 +240,11 @@ def linear(x, weight, bias=None, activation=None, out=None):
     x2 = _rows_of(x)                                     # (R, in)
     shape = x.shape[:-1] + (weight.shape[1],)
     y, out = _dest(out, shape, x.dtype)
-    xp.matmul(x2, weight, out=y.reshape(-1, weight.shape[1]))
+    y2 = y.reshape(-1, weight.shape[1])
+    try:
+        xp.matmul(x2, weight, out=y2)
+    except (TypeError, NotImplementedError):  # an array module without this dtype's GEMM (bfloat16)
+        y2[...] = xp.matmul(x2.astype(np.float32), weight.astype(np.float32)).astype(y.dtype)
     if bias is not None or activation is not None:
         b = None if bias is None else _contiguous(bias)
         _bias_act(y, y, b, ACTIVATION_CODES[activation])

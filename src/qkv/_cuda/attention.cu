@@ -306,7 +306,7 @@ __global__ void __launch_bounds__(128, 4) attn_rows(
         if (lane == 0) { pr[Dv] = m_run; pr[Dv + 1] = l_run; }
         return;
     }
-    float inv = l_run == 0.f ? 0.f : __frcp_rn(l_run);
+    float inv = l_run == 0.f ? 0.f : 1.f / l_run;
     T* orow = o + b * osb + h * osh + i * osl;
 #pragma unroll
     for (int t = 0; t < PER; ++t)

@@ -24,6 +24,10 @@ OPTIONS = ("--std=c++17",)
 ATTN_MMA_BM, ATTN_MMA_BN, ATTN_MMA_THREADS, ATTN_MMA_DIMS = 64, 64, 128, (64, 128)
 ATTN_ROWS_ROWS, ATTN_ROWS_BN, ATTN_ROWS_THREADS, ATTN_ROWS_DMAX = 4, 32, 128, (64, 128, 256)
 
+# SASS the compile gate requires of a template (prefixes of opcodes), when cuobjdump is available:
+# the tensor-core kernel must really use mma.sync (HMMA), ldmatrix (LDSM, .trans = MT88) and cp.async.
+SASS_REQUIRED = {"attn_mma": ("HMMA.16816.F32", "LDSM.16.M88.4", "LDSM.16.MT88.4", "LDGSTS")}
+
 # family -> (file, [(template, dtypes, integer template arguments (one instance per value))])
 FAMILIES = {
     "attention": ("attention.cu", [
