@@ -128,6 +128,7 @@ def test_attention_masked_keys_hold_nan(sim, path, dtype):
     for kernel in (["attn_mma"] if dtype != "float32" else []) + ["attn_rows"]:
         qc.set_path("mma" if kernel == "attn_mma" else "rows")
         o = qc.attention(q, k, v, 1 / 8, causal="bottom_right", kv_lengths=kvl)
+        assert sim.launches[-1][1].startswith(kernel + "<")
         eo = ref.attention(q, k, v, 1 / 8, causal="bottom_right", kv_lengths=kvl)
         check(o, eo, dtype, kernel)
         assert np.isfinite(np.asarray(o[:, :, :20], dtype=np.float32)).all()

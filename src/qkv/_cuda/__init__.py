@@ -313,13 +313,6 @@ def _split_count(B, Hq, Lq, Lk):
     return max(1, min(want, math.ceil(Lk / 256)))
 
 
-def _hides_nonfinite_v(v, mask, causal):
-    """True when masked keys may hold NaN/Inf in V: tensor cores would turn 0 * NaN into NaN."""
-    if mask is None and causal is None:
-        return False
-    return not bool(_runtime().xp.isfinite(v).all())
-
-
 def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None, return_lse=False,
               return_weights=False):
     """q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> out (B, Hq, Lq, Dv) [, lse, weights]."""
@@ -341,8 +334,6 @@ def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None,
     common_tail = (*_el_strides(q), *_el_strides(k), *_el_strides(v), *_el_strides(o), *(_i64(s) for s in ms))
 
     use_mma = _path in ("auto", "mma") and _mma_ok(q, k, v, o) and (Lq > 16 or _path == "mma")
-    if use_mma and _hides_nonfinite_v(v, mask, causal):
-        use_mma = False
     if use_mma:
         smem = kernels.attn_mma_smem(D, q.itemsize)
         rt.launch("attention", kernels.expr("attn_mma", dt, D),

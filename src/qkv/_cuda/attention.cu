@@ -74,6 +74,8 @@ __global__ void __launch_bounds__(128) attn_mma(
     T* Qs = reinterpret_cast<T*>(smem_raw);       // [BM][LD]
     T* Ks = Qs + BM * LD;                         // [2][BN][LD]
     T* Vs = Ks + 2 * BN * LD;                     // [2][BN][LD]
+    float* Ps = reinterpret_cast<float*>(Vs + 2 * BN * LD);  // [4 warps][16][BN]: P when V is not finite
+    __shared__ int v_bad_flag;
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, qd = lane % 4;        // mma fragment row group / column pair
@@ -115,6 +117,8 @@ __global__ void __launch_bounds__(128) attn_mma(
 
     for (int t = 0; t < nt; ++t) {
         const int buf = t & 1, n0 = t * BN;
+        const bool need_mask = mask_kind != 0 || n0 + BN > full_end;  // the same for the whole CTA
+        if (tid == 0) v_bad_flag = 0;             // everyone read last tile's flag before the last barrier
         if (t + 1 < nt) {                         // prefetch tile t+1 into the other buffer
             load_rows(Ks + (buf ^ 1) * BN * LD, kb, ksl, n0 + BN, kv_end);
             load_rows(Vs + (buf ^ 1) * BN * LD, vb, vsl, n0 + BN, kv_end);
@@ -145,7 +149,20 @@ __global__ void __launch_bounds__(128) attn_mma(
             }
         }
 
-        const bool need_mask = mask_kind != 0 || n0 + BN > full_end;
+        // Masked keys get P = 0 exactly, but a tensor core turns 0 * NaN/Inf into NaN. In a tile
+        // with masked keys, look for non-finite V first; if there is any, P V for this tile runs on
+        // CUDA cores and skips P = 0 (rare: garbage in a padded cache, poisoned inputs).
+        bool v_bad = false;
+        if (need_mask) {
+            const unsigned short expo = qkv::exponent_bits<T>();
+            for (int c = tid; c < BN * (D / 8); c += 128) {
+                const unsigned short* h = reinterpret_cast<const unsigned short*>(Vt + (c / (D / 8)) * LD + (c % (D / 8)) * 8);
+                for (int e = 0; e < 8; ++e)
+                    if ((h[e] & expo) == expo) v_bad_flag = 1;
+            }
+            __syncthreads();
+            v_bad = v_bad_flag != 0;
+        }
         float tmax[2] = {qkv::neg_inf(), qkv::neg_inf()};
         for (int nb = 0; nb < BN / 8; ++nb) {
             for (int e = 0; e < 4; ++e) {
@@ -180,6 +197,26 @@ __global__ void __launch_bounds__(128) attn_mma(
         for (int n = 0; n < D / 8; ++n)
             for (int e = 0; e < 4; ++e) oacc[n][e] *= corr[e / 2];
 
+        if (v_bad) {                              // O += P V on CUDA cores, P = 0 skipped
+            float* Pw = Ps + warp * 16 * BN;
+            for (int nb = 0; nb < BN / 8; ++nb)
+                for (int e = 0; e < 4; ++e)
+                    Pw[(g + (e / 2) * 8) * BN + nb * 8 + 2 * qd + (e & 1)] = qkv::to_float(qkv::from_float<T>(s[nb][e]));
+            __syncwarp();
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {             // unrolled: oacc stays in registers
+                    const float* prow = Pw + (g + (e / 2) * 8) * BN;
+                    const int c = n * 8 + 2 * qd + (e & 1);
+                    float a = 0.f;
+#pragma unroll 1
+                    for (int j = 0; j < BN; ++j)
+                        if (prow[j] != 0.f) a += prow[j] * qkv::to_float(Vt[j * LD + c]);
+                    oacc[n][e] += a;
+                }
+            __syncwarp();
+        } else
         // O += P V: the S accumulators of key blocks 2*kb2 and 2*kb2+1 are exactly an A fragment
         for (int kb2 = 0; kb2 < BN / 16; ++kb2) {
             unsigned a[4];

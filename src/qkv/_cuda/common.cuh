@@ -41,6 +41,11 @@ template <> __device__ __forceinline__ unsigned pack2<__nv_bfloat16>(float lo, f
     return *reinterpret_cast<unsigned*>(&h);
 }
 
+// the exponent field of a 16-bit float: all ones means Inf or NaN
+template <typename T> __device__ __forceinline__ unsigned short exponent_bits();
+template <> __device__ __forceinline__ unsigned short exponent_bits<__half>() { return 0x7C00; }
+template <> __device__ __forceinline__ unsigned short exponent_bits<__nv_bfloat16>() { return 0x7F80; }
+
 __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;

@@ -87,8 +87,9 @@ def archs(family):
 
 
 def attn_mma_smem(D, itemsize=2):
-    """Dynamic shared memory of attn_mma<T, D>: Q tile + double-buffered K and V tiles, rows padded by 8."""
-    return (ATTN_MMA_BM + 4 * ATTN_MMA_BN) * (D + 8) * itemsize
+    """Dynamic shared memory of attn_mma<T, D>: Q tile + double-buffered K and V tiles (rows padded
+    by 8), then a float32 P tile per warp for tiles whose V holds NaN/Inf."""
+    return (ATTN_MMA_BM + 4 * ATTN_MMA_BN) * (D + 8) * itemsize + ATTN_MMA_BM * ATTN_MMA_BN * 4
 
 
 def attn_rows_smem(dmax):
