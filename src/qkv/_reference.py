@@ -10,8 +10,8 @@ Semantics shared by every backend (see DESIGN.md, the attention contract):
 - causal "bottom_right": query i of Lq sees keys j <= i + Lk - Lq; "top_left": j <= i;
 - a score of -inf (masked) has probability exactly 0; a row with every score -inf is all zeros
   (and its log-sum-exp is -inf); a NaN among the visible scores makes the row's other
-  probabilities NaN; without NaN, a +inf score (overflow of finite inputs) takes the limit: equal
-  mass on the +inf scores, so finite inputs never give NaN.
+  probabilities NaN; in softmax (not attention), a +inf score without NaN (overflow of finite
+  inputs) takes the limit: equal mass on the +inf scores, so finite inputs never give NaN.
 """
 
 import numpy as np
@@ -52,8 +52,13 @@ def _masked_scores(s, mask, causal):
     return np.where(keep, s, -np.inf)
 
 
-def _softmax_lse(s):
-    """Softmax over the last axis of float64 scores with -inf = masked; returns (p, lse)."""
+def _softmax_lse(s, inf_limit=False):
+    """Softmax over the last axis of float64 scores with -inf = masked; returns (p, lse).
+
+    inf_limit: a row whose max is +inf (and holds no NaN) gets equal mass on its +inf scores
+    (qkv.softmax's rule for overflowing finite inputs); otherwise such a row is NaN (attention,
+    where +inf scores only come from non-finite inputs).
+    """
     with np.errstate(invalid="ignore", over="ignore"):
         mx = np.max(s, axis=-1, keepdims=True)
         empty = mx == -np.inf
@@ -63,7 +68,7 @@ def _softmax_lse(s):
         p = np.where(s == -np.inf, 0.0, e / np.where(empty, 1.0, total))
         p = np.where(empty, 0.0, p)
         # a +inf score (overflow) without NaN: the limit puts equal mass on the +inf scores
-        posinf = (mx == np.inf) & ~np.isnan(s).any(axis=-1, keepdims=True)
+        posinf = (mx == np.inf) & ~np.isnan(s).any(axis=-1, keepdims=True) & inf_limit
         n_inf = np.maximum((s == np.inf).sum(axis=-1, keepdims=True), 1)
         p = np.where(posinf, (s == np.inf) / n_inf, p)
         lse = np.where(empty, -np.inf, mx_safe + np.log(np.where(empty, 1.0, total)))[..., 0]
@@ -77,10 +82,10 @@ def softmax(x, mask=None, causal=None, scale=1.0, out=None):
     s = x.astype(np.float64) * scale
     if s.ndim == 1:
         s = s[None, :]
-        p, _ = _softmax_lse(_masked_scores(s, mask, causal))
+        p, _ = _softmax_lse(_masked_scores(s, mask, causal), inf_limit=True)
         p = p[0]
     else:
-        p, _ = _softmax_lse(_masked_scores(s, mask, causal))
+        p, _ = _softmax_lse(_masked_scores(s, mask, causal), inf_limit=True)
     return _emit(p, x.dtype, out)
 
 
