@@ -1,7 +1,7 @@
 """Side-by-side model timings: qkv.nn vs torch + transformers (and sentence-transformers), float32.
 
     python benchmarks/models_cpu.py [--rounds 5] [--out benchmarks/results/models_cpu]
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_VERBOSE python benchmarks/models_cpu.py --out ..._no_openblas_env
+    OMP_WAIT_POLICY=passive OPENBLAS_THREAD_TIMEOUT=4 python benchmarks/models_cpu.py --out ..._passive_waits
 
 One process, interleaved rounds (qkv, torch, qkv, torch, ...), medians. Nothing is downloaded:
 GPT-2 is a random-weight GPT-2-small-shaped model built from the config on both sides (speed does
@@ -13,6 +13,11 @@ not depend on the values); MiniLM is the real all-MiniLM-L6-v2 from the gt-all-m
 - minilm embed: N sentences of ~20-30 tokens, batches of 32, mean pooling + L2 normalisation;
   sentence-transformers' encode when installed, else transformers + the same pooling.
 Writes <out>.json and <out>.md with the machine, versions, BLAS kernels, thread counts and env.
+
+qkv's kernels run on OpenMP threads and qkv.linear on OpenBLAS's own pthreads. With both pools
+spinning after each call, 2 pools x 2 threads on 2 cores hand the cores back and forth between
+ops; the passive-waits line above (OpenMP threads sleep at once, OpenBLAS threads after 2^4
+cycles) shows what that costs, decode most of all (one small op after another).
 """
 
 import argparse
@@ -162,7 +167,7 @@ def main():
         "transformers": transformers.__version__,
         "blas": [{k: b.get(k) for k in ("library", "version", "kernel", "threads")} for b in blas_info()],
         "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                               "OMP_WAIT_POLICY", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")},
+                                               "OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")},
         "rounds": args.rounds,
         **info,
     }
