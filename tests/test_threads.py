@@ -61,3 +61,13 @@ def test_concurrent_python_threads_agree_with_serial():
         results = list(pool.map(lambda i: ops[i % len(ops)](), range(4 * len(ops))))
     for i, r in enumerate(results):
         np.testing.assert_array_equal(r, serial[i % len(ops)])
+
+
+def test_thread_pool_defaults_set_at_import_and_user_values_kept():
+    code = "import os, qkv; print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["PASSIVE", "4"]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == "ACTIVE"

@@ -6,6 +6,8 @@ is the oracle. See ``qkv.backends()`` for what runs here.
 
 __version__ = "0.1.0"
 
+from qkv import _env  # noqa: F401  (thread-pool defaults; must precede loading the kernels)
+
 from qkv._backend import BackendUnavailable, backends, get_backend, set_backend, use_backend
 from qkv._config import get_num_threads, set_num_threads
 from qkv._ops import attention, gelu, layer_norm, linear, mlp, softmax
