@@ -3,6 +3,7 @@
 # (QKV_SANITIZE=1) and run the CPU test suite against it; any report aborts the run. Then the
 # same with Cython bounds checking on (QKV_DEBUG_CYTHON=1).
 set -euo pipefail
+python -m pip install -q "Cython>=3.0.8" "setuptools>=68" wheel  # in-place builds need the build deps
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -r setup.py pyproject.toml README.md csrc src tests "$work"/
