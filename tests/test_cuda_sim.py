@@ -288,3 +288,31 @@ def test_mma_probe_emulation(sim, dtype):
     sim.launch("probe", f"mma_probe<{qc.kernels.CTYPES[dtype]}>", (1,), (32,), (a, bn, bk, d_qk, d_pv))
     np.testing.assert_array_equal(d_qk, e_qk)
     np.testing.assert_array_equal(d_pv, e_pv)
+
+
+def test_public_api_through_the_cuda_backend(sim, path, monkeypatch):
+    """qkv.* -> qkv._ops validation -> the cuda backend -> the kernels, with the backend taking NumPy
+    arrays for the length of the test (on a GPU the same path takes CuPy arrays)."""
+    import qkv
+
+    monkeypatch.setattr(qc, "available", lambda: (True, None))
+    monkeypatch.setattr(qc, "ARRAY_KIND", "numpy")
+    rng = np.random.default_rng(8)
+    q, k, v = rand(rng, (2, 4, 33, 64), "float16"), rand(rng, (2, 2, 70, 64), "float16"), rand(rng, (2, 2, 70, 64), "float16")
+    amask = np.where(rng.random((70,)) < 0.9, 0.0, -np.inf).astype(np.float32)  # cast to q.dtype by qkv._ops
+    kvl = np.array([70, 41])
+    n = len(sim.launches)
+    with qkv.use_backend("cuda"):
+        o, lse = qkv.attention(q, k, v, causal=True, mask=amask, kv_lengths=kvl, return_lse=True)
+        x = rand(rng, (3, 40), "float32")
+        w1, b1, w2, b2 = rand(rng, (40, 48), "float32"), rand(rng, (48,), "float32"), rand(rng, (48, 40), "float32"), None
+        y = qkv.mlp(x, w1, b1, w2, b2)
+        s = qkv.softmax(x, axis=0, causal=False)
+        ln = qkv.layer_norm(x, w1[:, 0], None)
+    assert {name.split("<")[0] for _, name, *_ in sim.launches[n:]} >= {"attn_mma", "bias_act", "softmax_rows", "layernorm_rows"}
+    eo, el = ref.attention(q, k, v, 1 / 8, causal="bottom_right", mask=amask.astype(q.dtype), kv_lengths=kvl, return_lse=True)
+    check(o, eo, "float16", "attention")
+    check(lse, el, "float16", "lse")
+    check(y, ref.linear(ref.linear(x, w1, b1, "gelu_tanh"), w2, b2), "float16", "mlp")  # float32 GEMM order
+    check(s, ref.softmax(x.T).T, "float32", "softmax axis=0")
+    check(ln, ref.layer_norm(x, w1[:, 0], None), "float32", "layer_norm")
