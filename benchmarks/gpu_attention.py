@@ -114,7 +114,7 @@ def main():
                         row["torch_sdpa_ms"], row["torch_sdpa_tflops"] = t * 1e3, flops / t / 1e12
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-                    del q, k, v, o, e
+                    q = k = v = o = e = None  # release before the next size
                     cp.get_default_memory_pool().free_all_blocks()
     result = {"info": info, "results": rows}
     target = [r for r in rows if r["dtype"] == "bfloat16" and r["D"] == 128 and r["L"] == 4096]

@@ -131,8 +131,8 @@ def build(src_dir=None, out_dir=None, extra_flags=()):
     with open(cpp, "w") as f:
         f.write(src)
     cmd = ["g++", "-std=c++20", "-O1", "-g0", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-           "-Wno-unused-parameter", "-Wno-clobbered", "-Wno-unknown-pragmas", "-isystem", cuda_include(), "-I", HERE, "-I", src_dir,
-           *extra_flags, cpp, "-o", so + ".tmp"]
+           "-Wno-unused-parameter", "-Wno-clobbered", "-Wno-unknown-pragmas",  # #pragma unroll is nvcc's
+           "-isystem", cuda_include(), "-I", HERE, "-I", src_dir, *extra_flags, cpp, "-o", so + ".tmp"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"g++ failed ({' '.join(cmd)}):\n{r.stderr[-6000:]}")
