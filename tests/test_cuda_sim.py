@@ -206,6 +206,10 @@ def test_softmax(sim, dtype):
             check(y, e, dtype, f"softmax mask={None if mask is None else mask.dtype} causal={causal}")
             assert np.all(np.asarray(y)[e == 0] == 0)  # masked entries are exactly 0
     check(qc.softmax(x[0, 0, 0]), ref.softmax(x[0, 0, 0]), dtype, "1-D")
+    big = np.zeros((3, 8), dtype=x.dtype)
+    big[:, [1, 5]] = np.finfo(np.float16).max  # overflows to +inf once scaled: the limit, equal mass
+    big[2, 3] = np.nan                          # ... unless the row holds a NaN
+    check(qc.softmax(big, scale=np.float32(1e36)), ref.softmax(big, scale=1e36), dtype, "+inf scores")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

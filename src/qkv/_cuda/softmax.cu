@@ -6,7 +6,8 @@
 // the causal modes need (causal_off = N - M bottom-right, 0 top-left: key j visible if j <= i + off).
 // The mask (mask_kind 1: uint8/bool, nonzero = keep; 2: additive, dtype T) is read at
 // mask[row_off[r] + j * mask_sk], so any broadcast of a mask costs no copy. A row with nothing
-// visible is all zeros. Three passes over the row (max, sum, write); fp32 throughout, no fast math.
+// visible is all zeros; a row whose max overflowed to +inf puts equal mass on its +inf scores.
+// Three passes over the row (max, sum, write); fp32 throughout, no fast math.
 #include "common.cuh"
 
 template <typename T>
@@ -20,6 +21,11 @@ __device__ __forceinline__ float softmax_score(const T* x, int j, float scale, c
         return a == qkv::neg_inf() ? a : s + a;
     }
     return s;
+}
+
+__device__ __forceinline__ float softmax_weight(float s, float m_use, bool inf_row) {
+    if (inf_row) return s == -qkv::neg_inf() ? 1.f : (s != s ? s : 0.f);
+    return expf(s - m_use);
 }
 
 // block-wide reduction through shared memory (blockDim.x a multiple of 32, <= 1024)
@@ -54,15 +60,18 @@ __global__ void softmax_rows(T* __restrict__ y, const T* __restrict__ x, int R, 
         m = fmaxf(m, softmax_score(xr, j, scale, mask, mask_kind, moff, msk, vis_end));
     m = block_reduce<true>(m, red);
     const float m_use = m == qkv::neg_inf() ? 0.f : m;
+    // A +inf score (a finite input that overflowed after scaling) takes the limit: equal mass on
+    // the +inf scores, 0 elsewhere; a NaN anywhere in the row still makes the row NaN.
+    const bool inf_row = m == -qkv::neg_inf();
     float l = 0.f;
     for (int j = threadIdx.x; j < N; j += blockDim.x) {
         float s = softmax_score(xr, j, scale, mask, mask_kind, moff, msk, vis_end);
-        if (s != qkv::neg_inf()) l += expf(s - m_use);
+        if (s != qkv::neg_inf()) l += softmax_weight(s, m_use, inf_row);
     }
     l = block_reduce<false>(l, red);
     const float inv = m == qkv::neg_inf() ? 0.f : 1.f / l;
     for (int j = threadIdx.x; j < N; j += blockDim.x) {
         float s = softmax_score(xr, j, scale, mask, mask_kind, moff, msk, vis_end);
-        yr[j] = qkv::from_float<T>(s == qkv::neg_inf() ? 0.f : expf(s - m_use) * inv);
+        yr[j] = qkv::from_float<T>(s == qkv::neg_inf() ? 0.f : softmax_weight(s, m_use, inf_row) * inv);
     }
 }
