@@ -22,8 +22,8 @@ error < 1.2e-7 everywhere), evaluated in double; double: libm erfc (scalar loop)
 
 static inline float qkv_expf(float x) {
     const float lo = -87.0f, hi = 88.0f;
-    float xc = x > hi ? hi : x;
-    xc = xc < lo ? lo : xc;
+    float xc = x < hi ? x : hi;  // NaN -> hi: the integer conversion below never sees NaN
+    xc = xc > lo ? xc : lo;
     const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
     float n = (xc * 1.44269504088896341f + magic) - magic;
     float r = xc - n * 0.693359375f;
@@ -36,16 +36,17 @@ static inline float qkv_expf(float x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     union { int32_t i; float f; } s;
-    s.i = ((int32_t)n + 127) << 23;
+    s.i = (int32_t)((uint32_t)((int32_t)n + 127) << 23);  // n in [-126, 127]: a normal 2^n
     float y = p * s.f;
     y = x > hi ? (float)HUGE_VAL : y;
-    return x < lo ? 0.0f : y;
+    y = x < lo ? 0.0f : y;
+    return x != x ? x : y;
 }
 
 static inline double qkv_exp(double x) {
     const double lo = -708.0, hi = 708.0;
-    double xc = x > hi ? hi : x;
-    xc = xc < lo ? lo : xc;
+    double xc = x < hi ? x : hi;  // NaN -> hi: the integer conversion below never sees NaN
+    xc = xc > lo ? xc : lo;
     const double magic = 6755399441055744.0;  // 1.5 * 2^52
     double n = (xc * 1.4426950408889634 + magic) - magic;
     double r = xc - n * 6.93147180369123816490e-01;
@@ -66,10 +67,11 @@ static inline double qkv_exp(double x) {
     p = p * r + 1.0;
     p = p * r + 1.0;
     union { int64_t i; double f; } s;
-    s.i = ((int64_t)(int32_t)n + 1023) << 52;  // via int32: AVX2 has no double->int64 convert
+    s.i = (int64_t)((uint64_t)((int64_t)(int32_t)n + 1023) << 52);  // via int32: AVX2 has no double->int64 convert
     double y = p * s.f;
     y = x > hi ? HUGE_VAL : y;
-    return x < lo ? 0.0 : y;
+    y = x < lo ? 0.0 : y;
+    return x != x ? x : y;
 }
 
 #define QKV_SQRT_2_OVER_PI 0.79788456080286535588

@@ -57,6 +57,8 @@ def _check_mask(op, mask, target_shape, backend, score_dtype, target_desc):
     if _backend.array_kind(mask) is None:
         raise TypeError(f"{op}: mask must be an array, got {type(mask).__name__}")
     kind = mask.dtype.kind
+    if mask.dtype in backend.DTYPES:  # e.g. bfloat16 (kind "V") on the cuda backend
+        kind = "f"
     if kind not in "bf":
         raise TypeError(f"{op}: mask must be boolean (True = keep) or floating (additive), got dtype {mask.dtype}")
     if not _broadcastable(_shape(mask), target_shape):
