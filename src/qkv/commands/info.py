@@ -31,12 +31,26 @@ def collect():
             "in_use": _config.simd_name(),
             "cpu_supports": _runtime.SIMD_NAMES[_runtime.cpu_simd_level()],
         },
+        "attention_kernels": attention_kernels(),
         "openmp": _runtime.openmp_enabled(),
         "threads": qkv.get_num_threads(),
         "blas": blas_info(),
         "gpu": gpu_info(),
     }
     return facts
+
+
+def attention_kernels():
+    """Which CPU attention path typical calls take now (float32, B=1, 12 heads of 64)."""
+    import importlib
+
+    att = importlib.import_module("qkv._cpu.attention")
+    q, kv = (1, 12, 1024, 64), (1, 12, 1024, 64)
+    return {
+        "prefill L=1024": att.kernel_path(q, kv, kv),
+        "decode Lq=1, Lk=4096": att.kernel_path((1, 12, 1, 64), (1, 12, 4096, 64), (1, 12, 4096, 64)),
+        "float64 L=1024": att.kernel_path(q, kv, kv, dtype="float64"),
+    }
 
 
 def blas_info():
@@ -89,6 +103,7 @@ def run(args):
     print(f"  in force: {facts['backend_in_force']}")
     simd = facts["simd"]
     print(f"SIMD        {simd['in_use']} (CPU supports {simd['cpu_supports']}; cap with QKV_SIMD)")
+    print("attention   " + ", ".join(f"{k}: {v}" for k, v in facts["attention_kernels"].items()))
     print(f"threads     {facts['threads']} (OpenMP {'on' if facts['openmp'] else 'off'}; OMP_NUM_THREADS or qkv.set_num_threads)")
     for b in facts["blas"]:
         if "error" in b:
