@@ -58,3 +58,39 @@ def test_linear(shape, dtype, seed, n_out, act, bias):
 def test_gelu(approximate, x):
     x = np.array(x, dtype=np.float32)
     assert_close(qkv.gelu(x, approximate), ref.gelu(x, approximate), k=64, scale=1e-20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**31), B=st.integers(1, 2), Hkv=st.integers(1, 3), group=st.integers(1, 3),
+       Lq=st.integers(1, 40), Lk=st.integers(1, 90), D=st.sampled_from([1, 3, 16, 33, 64, 80]),
+       Dv=st.sampled_from([1, 8, 64]), dtype=dtypes, causal=st.sampled_from([False, True, "top_left"]),
+       mask=st.sampled_from([None, "bool", "additive", "kv_lengths"]), big=st.booleans(), strided=st.booleans())
+def test_attention(seed, B, Hkv, group, Lq, Lk, D, Dv, dtype, causal, mask, big, strided):
+    """Random shapes (GQA ratios, L = 1, awkward D), masks, causal modes, strided views and large
+    logits: out, lse and weights against the oracle; masked weights exactly 0."""
+    rng = np.random.default_rng(seed)
+    Hq = Hkv * group
+    s = 8.0 if big else 1.0
+    q = (rng.standard_normal((B, Lq, Hq, D)) * s).astype(dtype).transpose(0, 2, 1, 3)  # (B, H, L, D) view
+    if not strided:
+        q = np.ascontiguousarray(q)
+    k = (rng.standard_normal((B, Hkv, Lk, D)) * s).astype(dtype)
+    v = rng.standard_normal((B, Hkv, Lk, Dv)).astype(dtype)
+    kw = {}
+    if mask == "bool":
+        kw["mask"] = rng.random((B, 1, Lq, Lk)) > 0.3
+    elif mask == "additive":
+        kw["mask"] = np.where(rng.random((Lq, Lk)) > 0.3, rng.standard_normal((Lq, Lk)), -np.inf).astype(dtype)
+    elif mask == "kv_lengths":
+        kw["kv_lengths"] = rng.integers(0, Lk + 1, B)
+    out, lse, w = qkv.attention(q, k, v, causal=causal, return_lse=True, return_weights=True, **kw)
+    mode = {False: None, True: "bottom_right", "top_left": "top_left"}[causal]
+    want = ref.attention(q, k, v, 1.0 / np.sqrt(D), causal=mode, mask=kw.get("mask"),
+                         kv_lengths=kw.get("kv_lengths"), return_lse=True, return_weights=True)
+    scale = float(np.abs(v).max())
+    assert_close(out, want[0], k=128, scale=scale)
+    assert_close(lse, want[1], k=128, scale=float(np.abs(np.where(np.isfinite(want[1]), want[1], 0)).max() + 1))
+    assert_close(w, want[2], k=128)
+    assert np.all(w[want[2] == 0] == 0)
+    # without lse/weights a faster path may run: same answer to rounding
+    assert_close(qkv.attention(q, k, v, causal=causal, **kw), want[0], k=128, scale=scale)
