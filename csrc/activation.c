@@ -12,23 +12,12 @@ calls libm's erfc and does not vectorise.
 #include "qkv_math.h"
 #include "activation.h"
 
+#define QKV_INC "activation.inc"
 #define T float
 #define SFX f32
 #define GELU_TANH qkv_gelu_tanh_f
 #define GELU_ERF qkv_gelu_erf_f
-#define ISA scalar
-#include "activation.inc"
-#undef ISA
-QKV_BEGIN_AVX2
-#define ISA avx2
-#include "activation.inc"
-#undef ISA
-QKV_END_TARGET
-QKV_BEGIN_AVX512
-#define ISA avx512
-#include "activation.inc"
-#undef ISA
-QKV_END_TARGET
+#include "qkv_isa_instances.h"
 #undef T
 #undef SFX
 #undef GELU_TANH
@@ -38,19 +27,7 @@ QKV_END_TARGET
 #define SFX f64
 #define GELU_TANH qkv_gelu_tanh_d
 #define GELU_ERF qkv_gelu_erf_d
-#define ISA scalar
-#include "activation.inc"
-#undef ISA
-QKV_BEGIN_AVX2
-#define ISA avx2
-#include "activation.inc"
-#undef ISA
-QKV_END_TARGET
-QKV_BEGIN_AVX512
-#define ISA avx512
-#include "activation.inc"
-#undef ISA
-QKV_END_TARGET
+#include "qkv_isa_instances.h"
 #undef T
 #undef SFX
 #undef GELU_TANH

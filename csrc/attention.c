@@ -72,23 +72,12 @@ static void* attn_alloc(size_t bytes) {  // 64-byte aligned scratch, NULL on fai
 // ---------------------------------------------------------------------------------------------
 // plain path: 2 dtypes x 3 ISAs
 
+#define QKV_INC "attention_plain.inc"
 #define T float
 #define SFX f32
 #define EXP qkv_expf
 #define NEG_INF qkv_neg_inf_f()
-#define ISA scalar
-#include "attention_plain.inc"
-#undef ISA
-QKV_BEGIN_AVX2
-#define ISA avx2
-#include "attention_plain.inc"
-#undef ISA
-QKV_END_TARGET
-QKV_BEGIN_AVX512
-#define ISA avx512
-#include "attention_plain.inc"
-#undef ISA
-QKV_END_TARGET
+#include "qkv_isa_instances.h"
 #undef T
 #undef SFX
 #undef EXP
@@ -98,19 +87,7 @@ QKV_END_TARGET
 #define SFX f64
 #define EXP qkv_exp
 #define NEG_INF qkv_neg_inf_d()
-#define ISA scalar
-#include "attention_plain.inc"
-#undef ISA
-QKV_BEGIN_AVX2
-#define ISA avx2
-#include "attention_plain.inc"
-#undef ISA
-QKV_END_TARGET
-QKV_BEGIN_AVX512
-#define ISA avx512
-#include "attention_plain.inc"
-#undef ISA
-QKV_END_TARGET
+#include "qkv_isa_instances.h"
 #undef T
 #undef SFX
 #undef EXP

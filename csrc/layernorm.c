@@ -11,22 +11,11 @@ partial sums) reductions; error ~ sqrt(C) ulp. Row loops compiled for AVX-512, A
 #include "qkv_common.h"
 #include "layernorm.h"
 
+#define QKV_INC "layernorm.inc"
 #define T float
 #define SFX f32
 #define SQRT sqrtf
-#define ISA scalar
-#include "layernorm.inc"
-#undef ISA
-QKV_BEGIN_AVX2
-#define ISA avx2
-#include "layernorm.inc"
-#undef ISA
-QKV_END_TARGET
-QKV_BEGIN_AVX512
-#define ISA avx512
-#include "layernorm.inc"
-#undef ISA
-QKV_END_TARGET
+#include "qkv_isa_instances.h"
 #undef T
 #undef SFX
 #undef SQRT
@@ -34,19 +23,7 @@ QKV_END_TARGET
 #define T double
 #define SFX f64
 #define SQRT sqrt
-#define ISA scalar
-#include "layernorm.inc"
-#undef ISA
-QKV_BEGIN_AVX2
-#define ISA avx2
-#include "layernorm.inc"
-#undef ISA
-QKV_END_TARGET
-QKV_BEGIN_AVX512
-#define ISA avx512
-#include "layernorm.inc"
-#undef ISA
-QKV_END_TARGET
+#include "qkv_isa_instances.h"
 #undef T
 #undef SFX
 #undef SQRT

@@ -21,23 +21,12 @@ for AVX-512, AVX2 and the baseline ISA (softmax.inc), and threads split the rows
 // ---------------------------------------------------------------------------------------------
 // row kernels: 2 dtypes x 3 ISAs
 
+#define QKV_INC "softmax.inc"
 #define T float
 #define SFX f32
 #define EXP qkv_expf
 #define NEG_INF qkv_neg_inf_f()
-#define ISA scalar
-#include "softmax.inc"
-#undef ISA
-QKV_BEGIN_AVX2
-#define ISA avx2
-#include "softmax.inc"
-#undef ISA
-QKV_END_TARGET
-QKV_BEGIN_AVX512
-#define ISA avx512
-#include "softmax.inc"
-#undef ISA
-QKV_END_TARGET
+#include "qkv_isa_instances.h"
 #undef T
 #undef SFX
 #undef EXP
@@ -47,19 +36,7 @@ QKV_END_TARGET
 #define SFX f64
 #define EXP qkv_exp
 #define NEG_INF qkv_neg_inf_d()
-#define ISA scalar
-#include "softmax.inc"
-#undef ISA
-QKV_BEGIN_AVX2
-#define ISA avx2
-#include "softmax.inc"
-#undef ISA
-QKV_END_TARGET
-QKV_BEGIN_AVX512
-#define ISA avx512
-#include "softmax.inc"
-#undef ISA
-QKV_END_TARGET
+#include "qkv_isa_instances.h"
 #undef T
 #undef SFX
 #undef EXP
