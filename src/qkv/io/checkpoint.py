@@ -54,19 +54,10 @@ def read_safetensors(path):
 
 
 def _assign(model, tensors, mapping, dtype, transpose=()):
-    """Copy tensors into model parameters. mapping: {param path: tensor name}."""
-    params = dict(model.named_parameters())
+    """Copy tensors into model parameters (mapping: {param path: tensor name}). Names, dtypes and
+    shapes were checked by _check_sources before the model was allocated."""
     for target, source in mapping.items():
-        if source not in tensors:
-            raise ValueError(f"checkpoint is missing tensor {source!r} (for {target})")
-        t = tensors[source]
-        if t.dtype.kind != "f":
-            raise ValueError(f"tensor {source!r} has dtype {t.dtype}; expected floating point")
-        if target in transpose:
-            t = t.T
-        want = params[target].shape
-        if t.shape != want:
-            raise ValueError(f"tensor {source!r} has shape {t.shape}; {target} needs {want}")
+        t = tensors[source].T if target in transpose else tensors[source]
         obj, attr = _resolve(model, target)
         setattr(obj, attr, np.ascontiguousarray(t, dtype=dtype))
 
