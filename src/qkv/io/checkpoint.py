@@ -139,6 +139,9 @@ def load_gpt2(cls, path, dtype=np.float32):
     model = cls(config, dtype=dtype)
     _assign(model, tensors, mapping, dtype)
     model.tokenizer = _maybe_tokenizer(folder)
+    eos = read_eos_token_id(folder)
+    eos = [e for e in ([eos] if isinstance(eos, int) else eos or []) if e < config.vocab_size]  # others never come
+    model.eos_token_id = None if not eos else eos[0] if len(eos) == 1 else eos
     return model
 
 
@@ -215,3 +218,21 @@ def find_minilm():
         if (folder / "model.safetensors").is_file():
             return folder
     raise FileNotFoundError(f"the {MINILM_PACKAGE} package has no model/model.safetensors; reinstall: {MINILM_INSTALL}")
+
+
+def read_eos_token_id(path):
+    """The end-of-sequence token id(s) of a model folder: generation_config.json's eos_token_id
+    (the file transformers' generate reads), else config.json's. An int, a list of ints, or None."""
+    folder = _folder(path)
+    f = folder / "generation_config.json"
+    try:
+        gen = json.loads(f.read_text()) if f.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{f} is not valid JSON: {exc}") from None
+    if not isinstance(gen, dict) or gen.get("eos_token_id") is None:
+        f, gen = folder / "config.json", read_config(folder)
+    eos = gen.get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [eos]
+    if eos is not None and not (ids and all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in ids)):
+        raise ValueError(f"{f}: eos_token_id must be a token id or a list of them, got {eos!r}")
+    return eos

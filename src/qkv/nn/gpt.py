@@ -1,6 +1,7 @@
 """GPT: a decoder-only transformer (GPT-2 layout), causal, with the LM head tied to the token
 embeddings. Loads Hugging Face GPT-2 folders (config.json + model.safetensors) and generates text
-with a preallocated KV cache.
+with a preallocated KV cache, for prompts of different lengths at once (left-padded: the padding is
+masked out of attention and positions count from each row's first token).
 """
 
 import numpy as np
@@ -13,7 +14,12 @@ from qkv.nn.layers import Block, Embedding, LayerNorm
 from qkv.nn.module import Module, Scratch
 
 
+_MODEL = object()  # generate's default eos_token_id: the model's own
+
+
 class GPT(Module):
+    eos_token_id = None  # id (or list of ids) that ends a generated row; from_pretrained reads the checkpoint's
+
     def __init__(self, config=None, dtype=np.float32, xp=np):
         self.config = config = config or GPTConfig()
         self.embeddings = Embedding(config.vocab_size, config.block_size, config.n_embd, dtype=dtype, xp=xp)
@@ -53,15 +59,18 @@ class GPT(Module):
         scratch = Scratch(self.xp(), self.embeddings.wte.dtype)
         return self._forward(ids, cache, last_only, return_attention, scratch)
 
-    def _forward(self, ids, cache, last_only, return_attention, scratch, logits_out=None):
+    def _forward(self, ids, cache, last_only, return_attention, scratch, logits_out=None, mask=None,
+                 position_ids=None):
+        """mask: bool keys to attend (B, 1, 1, Lk), on top of causal (left-padded batches);
+        position_ids (B, L): each token's position, default cache.length onwards."""
         B, L = ids.shape
         start = cache.length if cache is not None else 0
-        if start + L > self.config.block_size:
+        if position_ids is None and start + L > self.config.block_size:
             raise ValueError(f"{start + L} tokens exceed the context of {self.config.block_size}")
-        x = self.embeddings(ids, start=start)  # (B, L, C), the residual stream: updated in place below
+        x = self.embeddings(ids, start=start, position_ids=position_ids)  # (B, L, C), the residual stream
         trace = {"attention": [], "residual": [x.copy()]} if return_attention else None
         for i, block in enumerate(self.h):
-            x = block(x, cache=cache, layer=i, return_weights=return_attention, scratch=scratch)
+            x = block(x, mask=mask, cache=cache, layer=i, return_weights=return_attention, scratch=scratch)
             if return_attention:
                 x, w = x
                 trace["attention"].append(w)
@@ -78,14 +87,59 @@ class GPT(Module):
         c = self.config
         return KVCache(c.n_layer, batch, c.n_head, max_len, c.head_dim, self.embeddings.wte.dtype, self.xp())
 
-    def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None):
-        """Append ``max_new_tokens`` sampled tokens to ``ids`` (B, L) and return (B, L + n).
+    def generate(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, *,
+                 attention_mask=None, eos_token_id=_MODEL, pad_token_id=None):
+        """Continue each prompt by up to ``max_new_tokens`` tokens.
 
-        Prefill runs the prompt once into a preallocated KV cache; each new token then costs one
-        single-position forward pass. ``top_k=1`` is greedy decoding. Sampling happens on the host
-        with ``numpy.random.default_rng(seed)``.
+        ids: one prompt (L,) or a batch (B, L) of int ids; prompts of different lengths as a list of
+        id lists, or as (B, L) ids left-padded with ``attention_mask`` (B, L) of 0/1 (1 = real token,
+        each row 0...0 1...1, as transformers takes it).
+
+        Returns, for a list: a list of id lists, each its prompt followed by its new tokens up to and
+        including its eos. For an array: int64 (B, L + n), ids as given then n <= max_new_tokens new
+        tokens per row; a row that ended before the others is filled with ``pad_token_id`` (default:
+        the eos id).
+
+        Each row gets what it would get alone: padding is masked out of attention at prefill and at
+        every decode step, and positions count from each row's first real token (position_ids =
+        cumsum(attention_mask) - 1, as transformers does). eos_token_id: an id or a list of ids that
+        ends a row (default: the model's, from the checkpoint's generation_config.json or
+        config.json; None: rows run to max_new_tokens). Generation stops when every row has ended.
+
+        Sampling (on the host): temperature, then top-k, then top-p; ``top_k=1`` is greedy. Row r
+        draws from its own stream, child r of ``numpy.random.SeedSequence(seed)``: the same seed gives
+        the same tokens, and a row's tokens depend only on its prompt, its index r and the seed. So
+        under sampling row 0 of a batch equals its prompt alone, other rows do not; greedy rows always
+        do (both up to float rounding of near-ties: a batch runs GEMMs of other shapes).
+
+        Prefill runs the prompts once into a preallocated KV cache; each new token then costs one
+        single-position forward pass. ``generate_stream`` yields the tokens as they are made.
         """
-        ids = self._check_ids(ids)
+        prompt, n_pad, given, eos, pad = self._setup(ids, max_new_tokens, temperature, top_k, top_p, attention_mask,
+                                                     eos_token_id, pad_token_id)
+        steps = list(self._decode(prompt, n_pad, max_new_tokens, temperature, top_k, top_p, seed, eos, pad))
+        new = np.stack(steps, axis=1) if steps else np.empty((prompt.shape[0], 0), dtype=np.int64)  # (B, n)
+        if given is not None:
+            return np.concatenate([given, new], axis=1)
+        rows = []
+        for r, row in enumerate(new):
+            ended = np.flatnonzero(np.isin(row, eos))
+            n = ended[0] + 1 if ended.size else len(row)
+            rows.append(prompt[r, n_pad[r]:].tolist() + row[:n].tolist())
+        return rows
+
+    def generate_stream(self, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, *,
+                        attention_mask=None, eos_token_id=_MODEL, pad_token_id=None):
+        """generate, one step at a time: an iterator of each step's new tokens, int64 (B,), rows in
+        the order given (a row that has ended holds pad_token_id; its eos comes once). Arguments as
+        generate; they are checked here, before the first step. The first step includes the prefill."""
+        prompt, n_pad, _, eos, pad = self._setup(ids, max_new_tokens, temperature, top_k, top_p, attention_mask,
+                                                 eos_token_id, pad_token_id)
+        return self._decode(prompt, n_pad, max_new_tokens, temperature, top_k, top_p, seed, eos, pad)
+
+    def _setup(self, ids, max_new_tokens, temperature, top_k, top_p, attention_mask, eos_token_id, pad_token_id):
+        """Check generate's arguments -> (prompt (B, L) int64 left-padded, n_pad (B,) its padding per
+        row, the ids as given (None for a list), eos ids (k,), pad id)."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
         if not temperature > 0:
@@ -94,31 +148,109 @@ class GPT(Module):
             raise ValueError(f"top_k must be >= 1, got {top_k!r}")
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        B, L = ids.shape
+        prompt, n_pad, given = self._prompts(ids, attention_mask)
+        B, L = prompt.shape
         if L > self.config.block_size:
-            raise ValueError(f"the prompt has {L} tokens but the context is {self.config.block_size}")
+            raise ValueError(f"the {'longest ' if B > 1 else ''}prompt has {L} tokens but the context is "
+                             f"{self.config.block_size}")
         if L + max_new_tokens > self.config.block_size:
             raise ValueError(f"{L} prompt tokens + {max_new_tokens} new ones exceed the context of "
                              f"{self.config.block_size}")
+        given_eos = self.eos_token_id if eos_token_id is _MODEL else eos_token_id
+        eos = [] if given_eos is None else [given_eos] if np.ndim(given_eos) == 0 else list(given_eos)
+        if not all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) and 0 <= e < self.config.vocab_size
+                   for e in eos):
+            raise ValueError(f"eos_token_id must be None, a token id or a list of them in [0, "
+                             f"{self.config.vocab_size}), got {given_eos!r}")
+        eos = np.array(eos, dtype=np.int64)
+        if pad_token_id is None:
+            pad_token_id = int(eos[0]) if eos.size else 0
+        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, (int, np.integer)):
+            raise ValueError(f"pad_token_id must be an int, got {pad_token_id!r}")
+        return prompt, n_pad, given, eos, int(pad_token_id)
+
+    def _prompts(self, ids, attention_mask):
+        """ids (and attention_mask) -> (prompt (B, L) int64 on the host, left-padded to the longest
+        row; n_pad (B,) padding columns per row; the ids as given, int64 (B, L0), or None for a list)."""
+        if isinstance(ids, (list, tuple)) and ids and all(np.ndim(row) == 1 for row in ids):
+            if attention_mask is not None:
+                raise ValueError("attention_mask goes with an array of ids; a list of prompts is padded here")
+            rows = [np.asarray(row) for row in ids]
+            for r, row in enumerate(rows):
+                if row.size == 0:
+                    raise ValueError(f"ids[{r}] is empty: every prompt needs at least one token")
+                if row.dtype.kind not in "iu":
+                    raise ValueError(f"ids[{r}] must hold integer token ids, got dtype {row.dtype}")
+            L = max(len(row) for row in rows)
+            n_pad = np.array([L - len(row) for row in rows], dtype=np.int64)
+            prompt = np.zeros((len(rows), L), dtype=np.int64)
+            for row, p, n in zip(rows, prompt, n_pad):
+                p[n:] = row
+            return self._check_ids(prompt).astype(np.int64, copy=False), n_pad, None
+        if _backend.array_kind(ids) is None:
+            ids = np.asarray(ids)
+        host = ids.get() if hasattr(ids, "get") else ids
+        host = host[None, :] if host.ndim == 1 else host
+        if attention_mask is None:
+            given = self._check_ids(host).astype(np.int64)
+            return given, np.zeros(given.shape[0], dtype=np.int64), given
+        if host.ndim != 2 or host.dtype.kind not in "iu":
+            raise ValueError(f"ids must be an integer array (B, L) or (L,), got {host.dtype} of shape {host.shape}")
+        mask = attention_mask.get() if _backend.array_kind(attention_mask) == "cupy" else np.asarray(attention_mask)
+        mask = mask[None, :] if mask.ndim == 1 else mask
+        if mask.shape != host.shape:
+            raise ValueError(f"attention_mask must have the shape of ids {host.shape}, got {mask.shape}")
+        if mask.dtype.kind not in "biuf" or not np.isin(mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+        mask = mask.astype(bool)
+        for r in range(mask.shape[0]):
+            if not mask[r].any():
+                raise ValueError(f"attention_mask row {r} is all 0: every prompt needs at least one token")
+            if (mask[r, 1:] < mask[r, :-1]).any():
+                raise ValueError(f"attention_mask row {r} is not left padding (0...0 1...1): "
+                                 f"{mask[r].astype(int).tolist()}")
+        n_pad = (~mask).sum(axis=1)
+        first = int(n_pad.min())  # columns that are padding in every row are dropped
+        prompt = self._check_ids(np.where(mask, host, 0)[:, first:]).astype(np.int64)  # pad ids are never read
+        return prompt, n_pad - first, host.astype(np.int64)
+
+    def _decode(self, prompt, n_pad, max_new_tokens, temperature, top_k, top_p, seed, eos, pad):
+        """The generation loop (arguments checked): yields each step's new tokens (B,) int64."""
+        B, L = prompt.shape
+        V = self.config.vocab_size
         xp = self.xp()
-        rng = np.random.default_rng(seed)
         cache = self.new_cache(B, L + max_new_tokens)
         scratch = Scratch(xp, self.embeddings.wte.dtype)  # one set of work buffers for every step
-        out = np.empty((B, L + max_new_tokens), dtype=np.int64)
-        out[:, :L] = ids.get() if hasattr(ids, "get") else ids
-        step = xp.asarray(out[:, :L])  # the prompt: one prefill pass fills the cache
+        keep = positions = None
+        if n_pad.any():  # left padding: masked keys at every step, positions from each row's first token
+            keep = np.arange(L + max_new_tokens)[None, :] >= n_pad[:, None]  # (B, T)
+            keep = xp.asarray(keep)[:, None, None, :]  # (B, 1, 1, T): sliced to the keys cached so far
+            positions = np.maximum(np.arange(L)[None, :] - n_pad[:, None], 0)  # (B, L)
+        rngs = None if top_k == 1 else [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(B)]
+        done = np.zeros(B, dtype=bool)
+        step = xp.asarray(prompt)  # the prompts: one prefill pass fills the cache
         for t in range(max_new_tokens):
-            logits = self._forward(step, cache, True, False, scratch, scratch("logits", (B, 1, self.config.vocab_size)))
+            mask = None if keep is None else keep[..., :cache.length + step.shape[1]]
+            pos = None if positions is None else xp.asarray(positions)
+            logits = self._forward(step, cache, True, False, scratch, scratch("logits", (B, 1, V)), mask, pos)
             host = logits[:, -1, :]  # (B, V)
             host = host.get() if hasattr(host, "get") else host
-            nxt = sample(host, temperature, top_k, top_p, rng)  # (B,)
-            out[:, L + t] = nxt
-            step = xp.asarray(nxt[:, None])  # then one position per step, attending to the cache
-        return out
+            nxt = sample(host, temperature, top_k, top_p, rngs).astype(np.int64)  # (B,)
+            if eos.size:
+                nxt[done] = pad
+                done |= np.isin(nxt, eos)
+            yield nxt.copy()
+            if done.all():
+                return
+            step = xp.asarray((np.where(done, 0, nxt) if done.any() else nxt)[:, None])  # ended rows: any id
+            if positions is not None:
+                positions = (L + t - n_pad)[:, None]  # (B, 1): the new token's position in its row
 
 
 def sample(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
-    """Pick one token per row of logits (B, V) on the host: temperature, then top-k, then top-p."""
+    """Pick one token per row of logits (B, V) on the host: temperature, then top-k, then top-p.
+
+    rng: a numpy Generator, or a list of B of them (one stream per row)."""
     if top_k == 1:
         return np.argmax(logits, axis=-1)
     z = logits.astype(np.float64) / temperature
@@ -135,5 +267,5 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
         np.put_along_axis(keep, order, keep_sorted, axis=-1)
         p = np.where(keep, p, 0.0)
         p /= p.sum(axis=-1, keepdims=True)
-    rng = rng or np.random.default_rng()
-    return np.array([rng.choice(p.shape[-1], p=row) for row in p])
+    rngs = rng if isinstance(rng, (list, tuple)) else [rng or np.random.default_rng()] * len(p)
+    return np.array([g.choice(p.shape[-1], p=row) for g, row in zip(rngs, p)])

@@ -48,11 +48,19 @@ class Embedding(Module):
         self.wpe = _zeros(xp, (n_positions, n_embd), dtype)  # position embeddings (P, C)
         self.wtt = _zeros(xp, (n_types, n_embd), dtype) if n_types else None  # token types (T, C)
 
-    def __call__(self, ids, start=0, token_type_ids=None):
+    def __call__(self, ids, start=0, token_type_ids=None, position_ids=None):
+        """position_ids (B, L): each token's position (left-padded batches); default start..start+L-1."""
         B, L = ids.shape
-        if start + L > self.wpe.shape[0]:
-            raise ValueError(f"positions {start}..{start + L - 1} exceed the {self.wpe.shape[0]} learned positions")
-        x = self.wte[ids] + self.wpe[start:start + L]  # (B, L, C)
+        if position_ids is None:
+            if start + L > self.wpe.shape[0]:
+                raise ValueError(f"positions {start}..{start + L - 1} exceed the {self.wpe.shape[0]} learned positions")
+            pos = self.wpe[start:start + L]  # (L, C)
+        else:
+            if int(position_ids.max()) >= self.wpe.shape[0]:
+                raise ValueError(f"position {int(position_ids.max())} exceeds the {self.wpe.shape[0]} "
+                                 "learned positions")
+            pos = self.wpe[position_ids]  # (B, L, C)
+        x = self.wte[ids] + pos  # (B, L, C)
         if self.wtt is not None:
             x += self.wtt[token_type_ids] if token_type_ids is not None else self.wtt[0]
         return x
