@@ -6,10 +6,19 @@
   AVX-512, AVX2 and baseline; the cap makes each path run here).
 - ``assert_close``: |actual - expected| <= k*eps*(scale + |expected|), NaN where the oracle has NaN.
 - ``gpu`` marker: tests that need CuPy and a CUDA device; skipped when there is none.
+- Hypothesis runs a fixed profile ("ci": derandomized, no example database, no deadline) unless
+  QKV_HYPOTHESIS_PROFILE=explore asks for random exploration (a separate, non-blocking CI step):
+  the blocking result of a submission never depends on luck.
+- ``address_space_limit``: runs a block under an address-space rlimit, so code that tries to
+  allocate without bound fails that test with MemoryError instead of taking the machine down.
 """
+
+import contextlib
+import os
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import qkv
 from qkv import _config
@@ -18,6 +27,47 @@ from qkv._cpu import _runtime
 NUMPY_BACKENDS = ["cpu", "numpy"]
 SIMD_LEVELS = [name for i, name in enumerate(_runtime.SIMD_NAMES) if i <= _runtime.cpu_simd_level()]
 DTYPES = [np.float32, np.float64]
+
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("QKV_HYPOTHESIS_PROFILE", "ci"))
+
+
+def _address_space_now():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmSize in /proc/self/status")
+
+
+@contextlib.contextmanager
+def address_space_limit(headroom=2 << 30):
+    """Cap this process's address space at its current size + ``headroom`` bytes for the block
+    (Linux; elsewhere the block runs uncapped). An attempt to allocate more raises MemoryError."""
+    try:
+        import resource
+
+        now = _address_space_now()
+        old = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, AttributeError):
+        yield
+        return
+    cap = now + headroom
+    if old[1] != resource.RLIM_INFINITY:
+        cap = min(cap, old[1])
+    resource.setrlimit(resource.RLIMIT_AS, (cap, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, old)
+
+
+@pytest.fixture
+def memory_cap():
+    """The test body runs under address_space_limit (see above)."""
+    with address_space_limit():
+        yield
 
 
 def _gpu_available():

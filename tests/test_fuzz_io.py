@@ -1,6 +1,9 @@
 """Hostile files: truncated, oversized-header, wrong-dtype and random safetensors files, and
 malformed config.json, fed to the checkpoint reader. Every failure is a clear exception
-(ValueError / FileNotFoundError); none crashes the interpreter or allocates what the file claims."""
+(ValueError / FileNotFoundError); none crashes the interpreter or allocates what the file claims.
+
+Every test here runs under an address-space cap (conftest.address_space_limit): an attempt to
+allocate what a hostile file claims is a MemoryError that fails the test, never a dead machine."""
 
 import json
 import shutil
@@ -9,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from qkv.io import read_safetensors
@@ -19,6 +22,11 @@ FIX = Path(__file__).parent / "fixtures" / "tiny_gpt2"
 GOOD = (FIX / "model.safetensors").read_bytes()
 CONFIG = json.loads((FIX / "config.json").read_text())
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(autouse=True)
+def _capped(memory_cap):
+    yield
 
 
 def load_bytes(tmp_path, data):
@@ -125,6 +133,7 @@ values = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**12), st.floats
 
 @SETTINGS
 @given(changes=st.dictionaries(fields, values, min_size=1, max_size=4), drop=st.booleans())
+@example(changes={"n_layer": 40265318}, drop=False)  # once grew pytest to 24 GB (set(range(n_layer)))
 def test_malformed_config(tmp_path, changes, drop):
     cfg = dict(CONFIG)
     cfg.update(changes)
@@ -135,6 +144,41 @@ def test_malformed_config(tmp_path, changes, drop):
         GPT.from_pretrained(d)
     except (ValueError, FileNotFoundError):
         pass
+
+
+@pytest.mark.parametrize("field", ["vocab_size", "n_positions", "n_layer", "n_head", "n_embd", "n_inner"])
+@pytest.mark.parametrize("value", [10**6, 40265318, 2**62])
+def test_huge_config_integers_are_refused_from_the_file(tmp_path, field, value):
+    """A config integer far beyond what the checkpoint holds is a ValueError found by comparing with
+    the file, before anything proportional to it (layers, shapes-only model) is built."""
+    cfg = dict(CONFIG, **{field: value})
+    if field == "n_head":
+        cfg["n_embd"] = value  # divisible, so only the comparison with the file can refuse it
+    with pytest.raises(ValueError, match="config.json"):
+        GPT.from_pretrained(_folder_with(tmp_path, cfg))
+
+
+def test_huge_bert_config_is_refused(tmp_path):
+    from qkv.io import find_minilm
+    from qkv.nn import Encoder
+
+    try:
+        src = find_minilm()
+    except FileNotFoundError:
+        pytest.skip("the packaged all-MiniLM-L6-v2 is not installed")
+    d = tmp_path / "bert"
+    shutil.copytree(src, d)
+    cfg = json.loads((d / "config.json").read_text())
+    for field in ("num_hidden_layers", "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+        (d / "config.json").write_text(json.dumps(dict(cfg, **{field: 40265318})))
+        with pytest.raises(ValueError, match="config.json"):
+            Encoder.from_pretrained(d)
+
+
+def test_address_space_cap_turns_a_huge_allocation_into_memoryerror():
+    """The guard itself: under the cap (autouse here), 64 GiB is a MemoryError, not an OOM kill."""
+    with pytest.raises(MemoryError):
+        np.ones(8 << 30)
 
 
 @pytest.mark.parametrize("text", ["", "{", "[1, 2]", "null", '{"n_layer": "two"}', "\xff\xfe"])

@@ -78,19 +78,31 @@ def _strip_prefix(tensors, prefixes):
 
 
 def _check_layout(config, tensors, embedding, layer_prefix):
-    """The config must describe the checkpoint before anything is allocated from it: the token
-    embedding's shape and the number of layers are compared first, then every tensor's shape
-    (_check_sources), so a malformed or hostile config.json (say n_positions = 10**8) is a
-    ValueError, not a huge allocation: nothing larger than the file's own contents is allocated."""
-    want = (config.vocab_size, config.n_embd)
+    """The config must describe the checkpoint before anything is built from it, so a malformed or
+    hostile config.json (n_layer = 40265318, n_positions = 10**8, ...) is a ValueError, not a huge
+    allocation. Nothing here is proportional to a config number, only to the file's contents:
+
+    1. the layers are counted from the tensor names and compared with n_layer;
+    2. every other integer of the config is bounded by the largest dimension the file holds
+       (each one sizes some tensor of the checkpoint, or is smaller than one);
+    3. the token embedding's shape is compared; _check_sources then compares every tensor's shape
+       against a shapes-only model, which (1) and (2) keep as small as the file.
+    """
     if embedding not in tensors:
         raise ValueError(f"checkpoint is missing tensor {embedding!r}")
-    if tuple(tensors[embedding].shape) != want:
-        raise ValueError(f"tensor {embedding!r} has shape {tuple(tensors[embedding].shape)}; config.json says {want}")
     layers = {int(k[len(layer_prefix):].split(".")[0]) for k in tensors
               if k.startswith(layer_prefix) and k[len(layer_prefix):].split(".")[0].isdigit()}
-    if layers != set(range(config.n_layer)):
-        raise ValueError(f"config.json says {config.n_layer} layers but the checkpoint holds {len(layers)}")
+    if len(layers) != config.n_layer or (layers and max(layers) != config.n_layer - 1):
+        raise ValueError(f"config.json says {config.n_layer} layers but the checkpoint holds {len(layers)}"
+                         + (f" (numbered {min(layers)}..{max(layers)})" if layers else ""))
+    largest = max((max(t.shape, default=1) for t in tensors.values()), default=0)
+    for name, value in vars(config).items():
+        if name != "n_layer" and isinstance(value, int) and not isinstance(value, bool) and value > largest:
+            raise ValueError(f"config.json's {name} = {value} is larger than any dimension in the checkpoint "
+                             f"(largest: {largest})")
+    want = (config.vocab_size, config.n_embd)
+    if tuple(tensors[embedding].shape) != want:
+        raise ValueError(f"tensor {embedding!r} has shape {tuple(tensors[embedding].shape)}; config.json says {want}")
 
 
 class _ShapesOnly:
