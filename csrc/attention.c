@@ -9,8 +9,9 @@ Lq x Lk score matrix is never materialised: extra memory is O(threads x tile), n
 
 The contract (DESIGN.md): GQA/MQA (query head h reads kv head h / (Hq / Hkv)); causal bottom-right
 (query i sees keys j <= i + Lk - Lq) or top-left (j <= i); bool or additive masks broadcast through
-per-row offsets; kv_lengths (B,); strided q/k/v (last axis contiguous); a query with no visible key
-gets zeros and lse = -inf; a hidden key (score -inf) is skipped, never multiplied by p = 0, so NaN or
+per-row offsets; kv_lengths (B,): row b sees keys j < kv_lengths[b], and bottom-right puts its
+diagonal there, j <= i + kv_lengths[b] - Lq (FlashAttention's kv cache; attn_shift); strided q/k/v
+(last axis contiguous); a query with no visible key gets zeros and lse = -inf; a hidden key (score -inf) is skipped, never multiplied by p = 0, so NaN or
 Inf in masked K/V never reaches the output.
 
 Paths (one place: attn_choose_path):
@@ -49,14 +50,23 @@ typedef struct {
     const int64_t* mask_off;  // (B*Hq*Lq,)
     const int64_t* kv_len;    // (B,) or NULL
     int causal;
-    int64_t shift;  // causal: query i sees keys j <= i + shift
 } attn_args;
+
+// causal: query i of batch b sees keys j <= i + attn_shift(a, b). Bottom-right puts the diagonal at
+// the row's own length, kv_lengths[b] when given (FlashAttention's kv-cache alignment), else Lk.
+static inline int64_t attn_shift(const attn_args* a, int64_t b) {
+    if (a->causal != QKV_ATTN_CAUSAL_BOTTOM_RIGHT) return 0;
+    return (a->kv_len ? a->kv_len[b] : a->Lk) - a->Lq;
+}
 
 // the visible keys of query i in batch b are [0, end)
 static inline int64_t attn_key_end(const attn_args* a, int64_t b, int64_t i) {
     int64_t end = a->Lk;
     if (a->kv_len && a->kv_len[b] < end) end = a->kv_len[b];
-    if (a->causal != QKV_ATTN_CAUSAL_NONE && i + a->shift + 1 < end) end = i + a->shift + 1;
+    if (a->causal != QKV_ATTN_CAUSAL_NONE) {
+        const int64_t diag = i + attn_shift(a, b) + 1;
+        if (diag < end) end = diag;
+    }
     return end < 0 ? 0 : end;
 }
 
@@ -499,7 +509,6 @@ static int attn_make_args(attn_args* a, const int64_t* shape, const int64_t* str
     a->mask = mask; a->mask_kind = mask_kind; a->mask_off = mask_row_off;
     a->kv_len = kv_lengths;
     a->causal = causal;
-    a->shift = causal == QKV_ATTN_CAUSAL_BOTTOM_RIGHT ? a->Lk - a->Lq : 0;
     if (a->B < 0 || a->Hq <= 0 || a->Hkv <= 0 || a->Hq % a->Hkv || a->Lq < 0 || a->Lk < 0 || a->D <= 0 ||
         a->Dv <= 0)
         return QKV_EINVAL;

@@ -8,7 +8,7 @@
 #define QKV_ATTN_MASK_BOOL 1  // uint8, nonzero = attend
 #define QKV_ATTN_MASK_ADD 2   // same dtype as q, added to the scaled scores; -inf = masked
 #define QKV_ATTN_CAUSAL_NONE 0
-#define QKV_ATTN_CAUSAL_BOTTOM_RIGHT 1  // query i sees keys j <= i + Lk - Lq
+#define QKV_ATTN_CAUSAL_BOTTOM_RIGHT 1  // query i sees keys j <= i + Lk - Lq (with kv_lengths: + kv_lengths[b] - Lq)
 #define QKV_ATTN_CAUSAL_TOP_LEFT 2      // query i sees keys j <= i
 
 // kernel choice (the `path` argument): auto picks the fastest valid one; the others force a path

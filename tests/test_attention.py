@@ -117,6 +117,41 @@ def test_kv_lengths(dtype, path):
         assert np.isfinite(o[1:]).all()
 
 
+KV_CACHE_CASES = [  # B, Hq, Hkv, Lq, Lk, kv_lengths
+    (3, 2, 2, 5, 90, [90, 37, 64]),    # a few new tokens appended to caches of different lengths
+    (3, 4, 2, 1, 600, [600, 1, 333]),  # one-token decode, GQA, two split-K chunks
+    (2, 4, 1, 70, 150, [150, 30]),     # MQA, Lq > kv_len in row 1: its first 40 queries see no key
+    (2, 2, 2, 20, 20, [20, 0]),        # an empty cache
+]
+
+
+@pytest.mark.parametrize("case", KV_CACHE_CASES, ids=lambda c: "x".join(map(str, c[:5])))
+@pytest.mark.parametrize("causal", [True, "top_left"])
+def test_kv_lengths_causal_is_per_row(case, causal, simd, dtype, path):
+    """kv_lengths with causal: row b is what it would be alone with its kv_lengths[b] keys. Bottom-right
+    puts the diagonal at each row's length (query i sees j <= i + kv_lengths[b] - Lq, FlashAttention's
+    kv-cache alignment), top-left stays j <= i; queries that see no key give zeros and lse = -inf."""
+    B, Hq, Hkv, Lq, Lk, kvl = case
+    kvl = np.array(kvl)
+    rng = np.random.default_rng(Lq * Lk)
+    q, k, v = randn(rng, (B, Hq, Lq, 64), dtype), randn(rng, (B, Hkv, Lk, 64), dtype), randn(rng, (B, Hkv, Lk, 64), dtype)
+    o, lse, _ = check(q, k, v, causal=causal, kv_lengths=kvl)
+    for b, n in enumerate(kvl):
+        if n == 0:
+            assert np.all(o[b] == 0) and np.all(np.isneginf(lse[b]))
+            continue
+        alone = [q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n]]
+        want_o, want_lse = qkv.attention(*alone, causal=causal, return_lse=True)
+        assert_close(o[b:b + 1], want_o, k=64, err_msg=f"out, row {b}")
+        assert_close(lse[b:b + 1], want_lse, k=64, err_msg=f"lse, row {b}")
+        ref_o, ref_lse = ref.attention(*alone, 1 / 8, causal={True: "bottom_right"}.get(causal, causal),
+                                       return_lse=True)
+        assert_close(o[b:b + 1], ref_o, k=64, err_msg=f"out vs the oracle alone, row {b}")
+        empty = Lq - n if causal is True and n < Lq else 0  # bottom-right: the first Lq - n queries
+        assert np.all(o[b, :, :empty] == 0) and np.all(np.isneginf(lse[b, :, :empty]))
+        assert np.isfinite(lse[b, :, empty:]).all()
+
+
 def test_fully_masked_rows(dtype, path):
     rng = np.random.default_rng(9)
     q, k, v = randn(rng, (1, 2, 40, 16), dtype), randn(rng, (1, 2, 70, 16), dtype), randn(rng, (1, 2, 70, 16), dtype)

@@ -116,6 +116,38 @@ def test_attention_masks_and_kv_lengths(sim, path, dtype, kernel):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["attn_mma", "attn_rows", "attn_combine"])
+def test_attention_kv_lengths_causal_is_per_row(sim, path, dtype, kernel):
+    """kv_lengths with causal and several queries: each batch row is what it would be alone with its
+    kv_lengths[b] keys. Bottom-right puts the diagonal at the row's length (FlashAttention's kv
+    cache), top-left stays j <= i; queries with no key (Lq > kv_len) give zeros and lse = -inf."""
+    if kernel == "attn_mma" and dtype == "float32":
+        pytest.skip("the tensor-core kernel takes float16/bfloat16")
+    rng = np.random.default_rng(12)
+    B, Hq, Hkv, Lk, D = 4, 4, 2, 130, 64
+    Lq = 3 if kernel == "attn_combine" else 70  # split-KV: a few new tokens; else more than one tile
+    kvl = np.array([130, 75, 0, 1 if kernel == "attn_combine" else 30])  # the last row: Lq > kv_len
+    q, k, v = rand(rng, (B, Hq, Lq, D), dtype), rand(rng, (B, Hkv, Lk, D), dtype), rand(rng, (B, Hkv, Lk, D), dtype)
+    lse_tol = "float32" if dtype == "float32" else "float16"
+    for causal in ("bottom_right", "top_left"):
+        o, lse = run_attention(sim, q, k, v, kernel, causal=causal, kv_lengths=kvl)
+        eo, el = ref.attention(q, k, v, 1 / 8, causal=causal, kv_lengths=kvl, return_lse=True)
+        check(o, eo, dtype, f"out {causal}")
+        check(lse, el, lse_tol, f"lse {causal}")
+        for b, n in enumerate(kvl):
+            if n == 0:
+                assert not np.asarray(o[b].astype(np.float32)).any() and np.all(lse[b] == -np.inf)
+                continue
+            ao, al = qc.attention(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], 1 / 8, causal=causal,
+                                  return_lse=True)
+            check(o[b:b + 1], ao, dtype, f"out {causal} row {b} alone")
+            check(lse[b:b + 1], al, lse_tol, f"lse {causal} row {b} alone")
+            empty = Lq - n if causal == "bottom_right" and n < Lq else 0
+            assert not np.asarray(o[b, :, :empty].astype(np.float32)).any() and np.all(lse[b, :, :empty] == -np.inf)
+            assert np.isfinite(lse[b, :, empty:]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_masked_keys_hold_nan(sim, path, dtype):
     """NaN/Inf in masked K/V never reach the output; a NaN among visible keys poisons only its rows."""
     rng = np.random.default_rng(3)
@@ -123,7 +155,7 @@ def test_attention_masked_keys_hold_nan(sim, path, dtype):
     q, k, v = rand(rng, (B, H, L, D), dtype), rand(rng, (B, H, L, D), dtype), rand(rng, (B, H, L, D), dtype)
     k[:, :, 35:] = np.nan       # beyond kv_lengths
     v[:, :, 35:] = np.inf
-    v[:, :, 20] = np.nan        # future key for rows < 20 under causal
+    v[:, :, 20] = np.nan        # future key for rows < 25 under causal (diagonal at kv_len 35: j <= i - 5)
     kvl = np.array([35])
     for kernel in (["attn_mma"] if dtype != "float32" else []) + ["attn_rows"]:
         qc.set_path("mma" if kernel == "attn_mma" else "rows")
@@ -131,8 +163,8 @@ def test_attention_masked_keys_hold_nan(sim, path, dtype):
         assert sim.launches[-1][1].startswith(kernel + "<")
         eo = ref.attention(q, k, v, 1 / 8, causal="bottom_right", kv_lengths=kvl)
         check(o, eo, dtype, kernel)
-        assert np.isfinite(np.asarray(o[:, :, :20], dtype=np.float32)).all()
-        assert np.isnan(np.asarray(o[:, :, 20:], dtype=np.float32)).all()
+        assert np.isfinite(np.asarray(o[:, :, :25], dtype=np.float32)).all()
+        assert np.isnan(np.asarray(o[:, :, 25:], dtype=np.float32)).all()
     # NaN among visible scores: that row only
     k2 = k.copy()
     k2[:, :, 35:] = 0

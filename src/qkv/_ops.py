@@ -248,7 +248,12 @@ def attention(q, k, v, *, causal=False, mask=None, kv_lengths=None, scale=None, 
     v : (B, Hkv, Lk, Dv)
     causal : False, True (== "bottom_right": query i sees keys j <= i + Lk - Lq) or "top_left" (j <= i)
     mask : bool (True = attend) or float (added to the scores) array broadcastable to (B, Hq, Lq, Lk)
-    kv_lengths : int array (B,): keys at positions >= kv_lengths[b] are masked (padded batches)
+    kv_lengths : int array (B,): row b has kv_lengths[b] keys, those at positions >= kv_lengths[b]
+        are masked (padded batches, KV caches of different lengths). With causal bottom-right the
+        diagonal sits at each row's length, as in FlashAttention's kv cache: query i of row b sees
+        keys j <= i + kv_lengths[b] - Lq (the last query sees the row's last key; with Lq >
+        kv_lengths[b] the first queries see none). "top_left" stays j <= i (and j < kv_lengths[b]),
+        what a right-padded batch of sequences attending to themselves needs.
     scale : float, default 1/sqrt(D)
     return_lse : also return the log-sum-exp of the scores, (B, Hq, Lq)
     return_weights : also return the attention weights (B, Hq, Lq, Lk) (materialised, for inspection)

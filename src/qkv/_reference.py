@@ -8,6 +8,9 @@ last, masks broadcastable, causal as None / "bottom_right" / "top_left").
 Semantics shared by every backend (see DESIGN.md, the attention contract):
 - masks: boolean True = keep; float masks are added to the scaled scores, and -inf there masks;
 - causal "bottom_right": query i of Lq sees keys j <= i + Lk - Lq; "top_left": j <= i;
+- attention's kv_lengths (B,): row b sees keys j < kv_lengths[b], and "bottom_right" puts the
+  diagonal at that length, j <= i + kv_lengths[b] - Lq (FlashAttention's kv-cache alignment);
+  "top_left" stays j <= i;
 - a score of -inf (masked) has probability exactly 0; a row with every score -inf is all zeros
   (and its log-sum-exp is -inf); a NaN among the visible scores makes the row's other
   probabilities NaN; in softmax (not attention), a +inf score without NaN (overflow of finite
@@ -27,14 +30,26 @@ def available():
     return True, None
 
 
-def causal_keep(Lq, Lk, causal):
-    """Boolean (Lq, Lk): which keys each query may see under a causal mode (None -> all)."""
-    if causal is None:
-        return np.ones((Lq, Lk), dtype=bool)
-    shift = Lk - Lq if causal == "bottom_right" else 0
+def causal_keep(Lq, Lk, causal, kv_lengths=None):
+    """Which keys each query may see: boolean (Lq, Lk), or (B, 1, Lq, Lk) given kv_lengths (B,).
+
+    causal None sees every key, "bottom_right" j <= i + Lk - Lq, "top_left" j <= i. With
+    kv_lengths n (B,): only keys j < n[b], and "bottom_right" aligns the diagonal to n[b] instead
+    of Lk: j <= i + n[b] - Lq.
+    """
     i = np.arange(Lq)[:, None]
     j = np.arange(Lk)[None, :]
-    return j <= i + shift
+    if kv_lengths is None:
+        if causal is None:
+            return np.ones((Lq, Lk), dtype=bool)
+        return j <= i + (Lk - Lq if causal == "bottom_right" else 0)
+    n = np.asarray(kv_lengths, dtype=np.int64)[:, None, None, None]  # (B, 1, 1, 1)
+    keep = j < n
+    if causal == "bottom_right":
+        keep = keep & (j <= i + n - Lq)
+    elif causal == "top_left":
+        keep = keep & (j <= i)
+    return keep
 
 
 def _masked_scores(s, mask, causal):
@@ -153,9 +168,9 @@ def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None,
     v64 = np.repeat(v.astype(np.float64), group, axis=1)  # (B, Hq, Lk, Dv)
     s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k64) * scale  # (B, Hq, Lq, Lk)
     # masked keys may hold NaN/Inf: the masking below happens before they can reach the output
-    if kv_lengths is not None:
-        valid = np.arange(Lk)[None, :] < np.asarray(kv_lengths)[:, None]  # (B, Lk)
-        s = np.where(valid[:, None, None, :], s, -np.inf)
+    if kv_lengths is not None:  # kv_lengths and causal together: per-row diagonals (causal_keep)
+        s = np.where(causal_keep(Lq, Lk, causal, kv_lengths), s, -np.inf)
+        causal = None
     s = _masked_scores(s, mask, causal)
     p, lse = _softmax_lse(s)
     o = _weighted_values(p, v64, s == -np.inf)

@@ -40,7 +40,7 @@ def _dtypes():
 
 
 DTYPES = _dtypes()
-CAUSAL_OFFSETS = {"bottom_right": None, "top_left": 0}  # None: Lk - Lq
+CAUSAL_CODES = {None: 0, "bottom_right": 1, "top_left": 2}  # attention.cu's `causal`
 ACTIVATION_CODES = {None: 0, "gelu_tanh": 1, "gelu": 2, "relu": 3}
 MAX_HEAD_DIM = max(kernels.ATTN_ROWS_DMAX)
 MIN_COMPUTE_CAPABILITY = 80  # cp.async, bf16 mma.sync
@@ -329,8 +329,6 @@ def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None,
     lse = xp.empty((B, Hq, Lq), dtype=np.float32) if return_lse else None
     base, kind, ms = _mask_arg(mask, (B, Hq, Lq, Lk))
     kvl = None if kv_lengths is None else xp.ascontiguousarray(xp.clip(kv_lengths, 0, Lk), dtype=np.int32)
-    is_causal = causal is not None
-    coff = (Lk - Lq) if causal == "bottom_right" else 0
     common_tail = (*_el_strides(q), *_el_strides(k), *_el_strides(v), *_el_strides(o), *(_i64(s) for s in ms))
 
     use_mma = _path in ("auto", "mma") and _mma_ok(q, k, v, o) and (Lq > 16 or _path == "mma")
@@ -339,7 +337,7 @@ def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None,
         rt.launch("attention", kernels.expr("attn_mma", dt, D),
                   (math.ceil(Lq / kernels.ATTN_MMA_BM), Hq, B), (kernels.ATTN_MMA_THREADS,),
                   (q, k, v, o, lse, base, _i32(kind), kvl, _i32(Hq), _i32(Hkv), _i32(Lq), _i32(Lk),
-                   np.float32(scale), _i32(is_causal), _i32(coff)) + common_tail, smem)
+                   np.float32(scale), _i32(CAUSAL_CODES[causal])) + common_tail, smem)
     else:
         dmax = next(d for d in kernels.ATTN_ROWS_DMAX if d >= max(D, Dv))
         smem = kernels.attn_rows_smem(dmax)
@@ -350,7 +348,7 @@ def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None,
         rt.launch("attention", kernels.expr("attn_rows", dt, dmax),
                   (math.ceil(Lq / kernels.ATTN_ROWS_ROWS), Hq, B * n_split), (kernels.ATTN_ROWS_THREADS,),
                   (q, k, v, o, lse, part, base, _i32(kind), kvl, _i32(B), _i32(Hq), _i32(Hkv), _i32(Lq),
-                   _i32(Lk), _i32(D), _i32(Dv), np.float32(scale), _i32(is_causal), _i32(coff),
+                   _i32(Lk), _i32(D), _i32(Dv), np.float32(scale), _i32(CAUSAL_CODES[causal]),
                    _i32(split_len)) + common_tail, smem)
         if part is not None:
             ob, oh, ol = _el_strides(o)
@@ -374,8 +372,13 @@ def _weights(q, k, scale, causal, mask, kv_lengths):
     Hkv, Lk = k.shape[1], k.shape[2]
     kk = xp.repeat(k, Hq // Hkv, axis=1) if Hq != Hkv else k
     s = xp.matmul(q.astype(np.float32), xp.swapaxes(kk.astype(np.float32), -1, -2))  # (B, Hq, Lq, Lk)
-    if kv_lengths is not None:
-        valid = (xp.arange(Lk)[None, :] < xp.asarray(kv_lengths)[:, None])[:, None, None, :]  # (B, 1, 1, Lk)
+    if kv_lengths is not None:  # keys j < n[b]; bottom-right: the diagonal at n[b] (j <= i + n[b] - Lq)
+        n = xp.asarray(kv_lengths).astype(np.int64)[:, None, None, None]  # (B, 1, 1, 1)
+        i, j = xp.arange(Lq)[:, None], xp.arange(Lk)[None, :]
+        valid = j < n                                                      # (B, 1, 1, Lk)
+        if causal is not None:
+            valid = valid & (j <= i + (n - Lq if causal == "bottom_right" else 0))  # (B, 1, Lq, Lk)
+            causal = None
         if mask is None:
             mask = valid
         elif mask.dtype == np.bool_:

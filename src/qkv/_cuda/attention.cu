@@ -4,8 +4,9 @@
 //
 // q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), o (B, Hq, Lq, Dv), lse (B, Hq, Lq) float32.
 // Any (b, h, l) strides (in elements); the last axis is contiguous. G = Hq / Hkv (GQA/MQA).
-// Key j is visible to query i when j < kv_len[b] (kv_lengths, else Lk), when causal is off or
-// j <= i + causal_off (causal_off = Lk - Lq bottom-right, 0 top-left), and when the mask allows it
+// Key j is visible to query i when j < kv_len[b] (kv_lengths, else Lk), when the causal mode allows it
+// (causal 0: off; 1 bottom-right: j <= i + kv_len[b] - Lq, the diagonal at the row's own length as
+// in FlashAttention's kv cache; 2 top-left: j <= i), and when the mask allows it
 // (mask_kind 1: bool/uint8, nonzero = attend; 2: additive, same dtype as q). A row with no visible
 // key gives zeros and lse = -inf; a NaN among visible scores gives a NaN row.
 //
@@ -42,10 +43,11 @@ __device__ __forceinline__ float masked_score(float s, const MaskRef& m, int b, 
     return a == neg_inf() ? a : s + a;            // -inf masks outright, even a NaN score
 }
 
-// keys [0, end) are the only candidates for row i (kv_len and causal); the mask may remove more
-__device__ __forceinline__ int row_key_end(int i, int kv_len, int causal, int causal_off) {
+// keys [0, end) are the only candidates for query i of Lq in a batch row with kv_len keys (kv_len
+// and causal); the mask may remove more. Bottom-right (1) aligns the last query with key kv_len - 1.
+__device__ __forceinline__ int row_key_end(int i, int Lq, int kv_len, int causal) {
     if (!causal) return kv_len;
-    long long e = (long long)i + causal_off + 1;
+    long long e = (long long)i + (causal == 1 ? kv_len - Lq : 0) + 1;
     return e < 0 ? 0 : (e < kv_len ? (int)e : kv_len);
 }
 
@@ -64,7 +66,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(128) attn_mma(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
     float* __restrict__ lse, const void* __restrict__ mask, int mask_kind, const int* __restrict__ kv_lengths,
-    int Hq, int Hkv, int Lq, int Lk, float scale, int causal, int causal_off,
+    int Hq, int Hkv, int Lq, int Lk, float scale, int causal,
     long long qsb, long long qsh, long long qsl, long long ksb, long long ksh, long long ksl,
     long long vsb, long long vsh, long long vsl, long long osb, long long osh, long long osl,
     long long msb, long long msh, long long msq, long long msk) {
@@ -88,8 +90,8 @@ __global__ void __launch_bounds__(128) attn_mma(
 
     const int kv_len = qkv::batch_kv_len(kv_lengths, b, Lk);
     const int last_row = min(m0 + BM, Lq) - 1;
-    const int kv_end = qkv::row_key_end(last_row, kv_len, causal, causal_off);  // causal tile skipping
-    const int full_end = qkv::row_key_end(m0, kv_len, causal, causal_off);      // tiles below need no mask
+    const int kv_end = qkv::row_key_end(last_row, Lq, kv_len, causal);  // causal tile skipping
+    const int full_end = qkv::row_key_end(m0, Lq, kv_len, causal);      // tiles below need no mask
     const int nt = (kv_end + BN - 1) / BN;
 
     auto load_rows = [&](T* dst, const T* src, long long stride, int row0, int end) {
@@ -169,7 +171,7 @@ __global__ void __launch_bounds__(128) attn_mma(
                 float x = s[nb][e] * scale;
                 if (need_mask) {
                     int i = row_w + g + (e / 2) * 8, j = n0 + nb * 8 + 2 * qd + (e & 1);
-                    if (i >= Lq || j >= qkv::row_key_end(i, kv_len, causal, causal_off)) x = qkv::neg_inf();
+                    if (i >= Lq || j >= qkv::row_key_end(i, Lq, kv_len, causal)) x = qkv::neg_inf();
                     else x = qkv::masked_score<T>(x, mref, b, h, i, j);
                 }
                 s[nb][e] = x;
@@ -262,7 +264,7 @@ __global__ void __launch_bounds__(128, 4) attn_rows(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ o,
     float* __restrict__ lse, float* __restrict__ part, const void* __restrict__ mask, int mask_kind,
     const int* __restrict__ kv_lengths, int B, int Hq, int Hkv, int Lq, int Lk, int D, int Dv, float scale,
-    int causal, int causal_off, int split_len,
+    int causal, int split_len,
     long long qsb, long long qsh, long long qsl, long long ksb, long long ksh, long long ksl,
     long long vsb, long long vsh, long long vsl, long long osb, long long osh, long long osl,
     long long msb, long long msh, long long msq, long long msk) {
@@ -285,8 +287,8 @@ __global__ void __launch_bounds__(128, 4) attn_rows(
     const int kv_len = qkv::batch_kv_len(kv_lengths, b, Lk);
     const int last_row = min((int)blockIdx.x * ROWS + ROWS, Lq) - 1;
     const int s0 = split * split_len;
-    const int s1 = min(s0 + split_len, qkv::row_key_end(last_row, kv_len, causal, causal_off));
-    const int my_end = row_ok ? min(s1, qkv::row_key_end(i, kv_len, causal, causal_off)) : 0;
+    const int s1 = min(s0 + split_len, qkv::row_key_end(last_row, Lq, kv_len, causal));
+    const int my_end = row_ok ? min(s1, qkv::row_key_end(i, Lq, kv_len, causal)) : 0;
 
     for (int d = lane; d < DMAX; d += 32)
         Qs[warp * DMAX + d] = (row_ok && d < D) ? qkv::to_float(q[b * qsb + h * qsh + i * qsl + d]) : 0.f;
