@@ -27,6 +27,7 @@ from qkv import _reference as ref  # noqa: E402
 pytestmark = pytest.mark.skipif(simbuild.missing_tools() is not None, reason=str(simbuild.missing_tools()))
 
 from cases import BF16, DTYPES, TOL, _dt, check, mma_probe_case, rand  # noqa: E402,F401
+from test_numerics import alibi, attention_bound  # noqa: E402  (README's accuracy bound, one place)
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +146,29 @@ def test_attention_kv_lengths_causal_is_per_row(sim, path, dtype, kernel):
             empty = Lq - n if causal == "bottom_right" and n < Lq else 0
             assert not np.asarray(o[b, :, :empty].astype(np.float32)).any() and np.all(lse[b, :, :empty] == -np.inf)
             assert np.isfinite(lse[b, :, empty:]).all()
+
+
+@pytest.mark.parametrize("kernel", ["attn_rows", "attn_combine"])
+def test_attention_bound_with_alibi_bias(sim, path, kernel):
+    """float32 within README's bound 64 eps (M (1 + sigma / 8) + |ref|) with an ALiBi-style bias down
+    to -300 (tests/test_numerics.py::attention_bound), as on the CPU backends."""
+    rng = np.random.default_rng(21)
+    B, Hq, Hkv, Lk, D = 2, 2, 1, 160, 64
+    Lq = 3 if kernel == "attn_combine" else Lk
+    q, k, v = rand(rng, (B, Hq, Lq, D), "float32"), rand(rng, (B, Hkv, Lk, D), "float32"), rand(rng, (B, Hkv, Lk, D), "float32")
+    mask = alibi(Hq, Lk).astype(np.float32)
+    kvl = np.array([Lk, 40])  # row 1 sees only keys whose bias is below -220
+    for kv_lengths in (None, kvl):
+        o, lse = run_attention(sim, q, k, v, kernel, scale=1 / 8, causal="bottom_right", mask=mask, kv_lengths=kv_lengths)
+        eo, el = ref.attention(q, k, v, 1 / 8, causal="bottom_right", mask=mask, kv_lengths=kv_lengths, return_lse=True)
+        bo, bl, _ = attention_bound(q, k, v, 1 / 8, mask=mask, causal="bottom_right", kv_lengths=kv_lengths)
+        assert bl.max() > 1 + 200 / 8  # the scores really are large
+        eps = np.finfo(np.float32).eps
+        for name, g, e, m in (("out", o, eo, bo), ("lse", lse, el, bl)):
+            fin = np.isfinite(e)
+            assert np.array_equal(g[~fin], e[~fin]), name
+            err = np.abs(g[fin].astype(np.float64) - e[fin])
+            assert (err <= 64 * eps * (np.broadcast_to(m, e.shape)[fin] + np.abs(e[fin]))).all(), f"{name} {kv_lengths}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
