@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from qkv.cli import CommandError
+from qkv.cli import CommandError, nonneg_int, positive_int
 from qkv.commands._models import load_model, progress
 
 
@@ -22,11 +22,11 @@ def add_parser(sub):
     p.add_argument("--model", required=True, help="a Hugging Face GPT-2 folder (config.json, model.safetensors, tokenizer.json)")
     p.add_argument("--prompt", required=True, action="append",
                    help="the text to continue; give it several times for a batch")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=nonneg_int, default=32)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None, help="1 = greedy")
+    p.add_argument("--top-k", type=positive_int, default=None, help="1 = greedy")
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=nonneg_int, default=None)
     return p
 
 

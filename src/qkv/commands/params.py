@@ -1,6 +1,6 @@
 """``qkv params gpt3|gpt2|PATH``: where a model's parameters live."""
 
-from qkv.cli import CommandError
+from qkv.cli import CommandError, user_input
 
 PRESETS = {"gpt2": "gpt2", "gpt2-medium": "gpt2_medium", "gpt2-large": "gpt2_large", "gpt2-xl": "gpt2_xl",
            "gpt3": "gpt3_175b", "minilm": None, "bert-base": None}
@@ -15,6 +15,7 @@ def add_parser(sub):
 def _config(name):
     from pathlib import Path
 
+    from qkv.commands._models import model_folder, model_type
     from qkv.io import read_config
     from qkv.nn import BertConfig, GPTConfig
 
@@ -24,13 +25,12 @@ def _config(name):
         return BertConfig()
     if name in PRESETS:
         return getattr(GPTConfig, PRESETS[name])()
-    if not Path(name).is_dir():
+    if not Path(name).exists():
         raise CommandError(f"unknown model {name!r}: give one of {', '.join(PRESETS)} or a model folder")
-    try:
-        cfg = read_config(name)
-        return (GPTConfig if cfg.get("model_type", "gpt2") == "gpt2" else BertConfig).from_hf(cfg)
-    except (FileNotFoundError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
+    folder = model_folder(name)
+    cls = GPTConfig if model_type(folder) == "gpt2" else BertConfig
+    with user_input():
+        return cls.from_hf(read_config(folder))
 
 
 def _fmt(n):
