@@ -42,7 +42,7 @@ COMPILER_DIRECTIVES = {
 
 # Extension table: module name -> the C sources it links. Headers live in csrc/.
 EXTENSIONS = {
-    "qkv._cpu._runtime": [],
+    "qkv._cpu._runtime": ["csrc/fma_peak.c"],
     "qkv._cpu._softmax": ["csrc/softmax.c"],
     "qkv._cpu._layernorm": ["csrc/layernorm.c"],
     "qkv._cpu._activation": ["csrc/activation.c"],
