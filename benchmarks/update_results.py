@@ -85,9 +85,8 @@ def _x(v):
 def render():
     with open(os.path.join(RESULTS, "qkv_bench_cpu.json")) as f:
         bench = json.load(f)
-    m = bench["machine"]
-    blas = "; ".join(f"{b.get('library')} {b.get('version')}, {b.get('kernel')} kernel, {b.get('threads')} threads"
-                     for b in m["blas"] if "error" not in b)
+    m, peak = bench["machine"], bench["fma_peak"]
+    blas = "; ".join(f"{k}: {v}" for k, v in bench["blas_kernels"].items())
     alloc = m["allocator"]
     torch = m["torch"]["version"] if m.get("torch") else "not installed"
     out = ["# qkv benchmarks", "",
@@ -99,14 +98,16 @@ def render():
            f"- date: {m['date_utc']} UTC",
            f"- CPU: {m.get('cpu_model', m['machine'])}, {m['threads']} threads for qkv and torch, qkv SIMD level {m['simd']['in_use']}",
            f"- qkv {m['qkv']}, Python {m['python']}, NumPy {m['numpy']}, SciPy {m['scipy']}, torch {torch}",
-           f"- BLAS (threadpoolctl): {blas}",
+           f"- BLAS that ran (threadpoolctl): {blas}",
            f"- environment: {', '.join(f'{k}={v}' for k, v in m.get('env', {}).items()) or 'no OMP/OpenBLAS overrides'}",
            f"- allocator: {alloc['libc']}, MALLOC_TRIM_THRESHOLD_={alloc['MALLOC_TRIM_THRESHOLD_']}, "
            f"MALLOC_MMAP_THRESHOLD_={alloc['MALLOC_MMAP_THRESHOLD_']}. qkv's calls reuse a preallocated `out=`; "
            "torch allocates each output (a fresh large output costs page faults on every call).",
-           f"- SGEMM peak measured in the same run: **{bench['sgemm_peak_gflops']:.0f} GFLOP/s** "
-           f"({', '.join(f'{k} {v:.0f}' for k, v in bench['sgemm_rates'].items())}; float32, "
-           f"{'1024' if bench['quick'] else '2048'}³)", "",
+           f"- FMA peak measured in the same run, at qkv's SIMD level ({peak['simd']}): **{peak['gflops']:.0f} "
+           f"GFLOP/s** on {peak['threads']} threads, {peak['gflops_1thread']:.0f} on one (float32 FMA chains in "
+           "registers, csrc/fma_peak.c; before/after the cases: "
+           + "/".join(f"{g:.0f}" for g in peak["gflops_before_after"]) + ")"
+           + ("; `qkv bench --quick`" if bench["quick"] else ""), "",
            "## Headline shapes (`qkv bench`), float32", ""]
     from qkv._bench import backends_absent
 
@@ -120,13 +121,15 @@ def render():
             continue
         rows.append([r["case"], r["shape"], r["backend"], _t(r["seconds"]),
                      "-" if r["gflops"] is None else f"{r['gflops']:.1f}", f"{r['gbps']:.1f}",
-                     "-" if r["pct_of_peak"] is None else f"{r['pct_of_peak']:.0f}%",
+                     "-" if r["pct_of_fma_peak"] is None else f"{r['pct_of_fma_peak']:.0f}%",
                      _x(r["speedup_vs_numpy"]), _x(r["speedup_vs_torch"]), f"{r['max_abs_err']:.1e}"])
-    out.append(_md_table(["case", "shape", "backend", "time", "GFLOP/s", "GB/s", "% SGEMM peak", "vs NumPy",
+    out.append(_md_table(["case", "shape", "backend", "time", "GFLOP/s", "GB/s", "% FMA peak", "vs NumPy",
                           "vs torch", "max err"], rows))
     out += [""] + [f"Not measured here: `{name}` ({reason})." for name, reason in absent.items()]
     out += ["", "GFLOP/s: GEMM 2·M·K·N; attention 4·B·H·Lq·Lk·D, halved for causal (FlashAttention's convention). "
-            "*vs X* is X's time divided by this row's time. max err: against the NumPy float64 oracle.", ""]
+            "% FMA peak: of the FMA peak above. `sgemm` is the BLAS reference (numpy: NumPy's matmul; cpu: "
+            "`qkv.linear`, SciPy's BLAS; torch: `torch.matmul`). *vs X* is X's time divided by this row's time. "
+            "max err: against the NumPy float64 oracle.", ""]
     tp_path = os.path.join(RESULTS, "attention_throughput.json")
     if os.path.exists(tp_path):
         with open(tp_path) as f:
@@ -163,9 +166,10 @@ def render():
             "processes on the same cores move them: on a 2-core machine an OpenMP kernel whose thread is "
             "descheduled waits a whole scheduler slice at its barrier, which shows up as times in steps of a "
             "few milliseconds. Re-measure on a quiet machine before comparing releases.",
-            "- `OPENBLAS_CORETYPE=Haswell` (set on some machines) forces OpenBLAS's AVX2 kernel and halves "
-            "the SGEMM peak, for NumPy and for the SciPy BLAS behind `qkv.linear` alike; the BLAS line above "
-            "says which kernel ran.",
+            "- The roofline is the FMA peak at the SIMD level qkv's kernels run, not an SGEMM: "
+            "`OPENBLAS_CORETYPE=Haswell` (set on some machines) forces OpenBLAS's AVX2 kernel on an AVX-512 "
+            "CPU and halves the SGEMM, for NumPy and for the SciPy BLAS behind `qkv.linear` alike, so a % of "
+            "it would overstate qkv. The BLAS line above says which kernel ran.",
             "- A fresh output array costs first-touch page faults on every call once glibc returns large "
             "freed blocks to the OS; qkv's hot paths take `out=` (and the models reuse a preallocated KV "
             "cache). Raising `MALLOC_TRIM_THRESHOLD_`/`MALLOC_MMAP_THRESHOLD_` helps callers that allocate.",

@@ -168,31 +168,115 @@ def test_work_counts_agree_with_qkv_bench():
     assert common.attention_flops(1, 1, 4, 4, 1, True) == 4 * 8  # 16 pairs, halved
     assert common.attention_flops(1, 1, 2, 4, 1, True) == 4 * 7  # bottom-right: 3 + 4 visible keys
     assert common.linear_flops(512, 768, 3072) == _bench.linear_flops(512, 768, 3072) == 2 * 512 * 768 * 3072
+    # one implementation of the shared helpers, not two copies that could drift apart
+    for name in ("attention_flops", "linear_flops", "max_abs_err"):
+        assert getattr(common, name) is getattr(_bench, name), name
+    assert issubclass(common.Impl, _bench.Impl) and issubclass(_bench.Unavailable, NotImplementedError)
 
 
 def test_qkv_bench_quick_json(tmp_path, capsys):
-    from qkv import cli
+    from threadpoolctl import threadpool_info
+
+    from qkv import _config, cli
 
     path = tmp_path / "bench.json"
-    rc = cli.main(["bench", "--quick", "--json", str(path), "--only", "layer_norm,linear_gelu"])
+    rc = cli.main(["bench", "--quick", "--json", str(path), "--only", "layer_norm,linear_gelu,sgemm"])
     assert rc == 0
-    out = capsys.readouterr().out
-    assert "layer_norm" in out and "GFLOP/s" in out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "layer_norm" in out and "GFLOP/s" in out and "% FMA" in out
+    assert captured.err == "", "stderr is not a terminal here: no progress bar"
     report = json.loads(path.read_text())
-    assert report["sgemm_peak_gflops"] > 0
+    peak = report["fma_peak"]
+    assert math.isfinite(peak["gflops"]) and peak["gflops"] > 0
+    assert math.isfinite(peak["gflops_1thread"]) and peak["gflops_1thread"] > 0
+    assert peak["simd"] == _config.simd_name() and peak["threads"] == qkv.get_num_threads()
+    assert peak["gflops"] == max(peak["gflops_before_after"])
+    assert "sgemm_peak_gflops" not in report, "SGEMM is a reference row, not the roofline"
     assert report["machine"]["blas"], "the BLAS kernel that ran must be reported"
+    kernels = {i["architecture"] for i in threadpool_info() if i.get("user_api") == "blas"}
+    for user in ("numpy.matmul", "qkv.linear"):
+        assert any(k in report["blas_kernels"][user] for k in kernels), report["blas_kernels"]
+        assert f"{user} {report['blas_kernels'][user]}" in out  # named in the header
     assert "allocator" in report["machine"]
     rows = {(r["case"], r["backend"]): r for r in report["results"]}
-    for case in ("layer_norm", "linear_gelu"):
+    for case in ("layer_norm", "linear_gelu", "sgemm"):
         for backend in ("cpu", "numpy"):
             r = rows[(case, backend)]
             assert r["status"] == "ok", r
             assert r["seconds"] > 0 and r["max_abs_err"] < 1e-3
         assert rows[(case, "cpu")]["speedup_vs_numpy"] == pytest.approx(
             rows[(case, "numpy")]["seconds"] / rows[(case, "cpu")]["seconds"])
+    assert rows[("layer_norm", "cpu")]["pct_of_fma_peak"] is None  # memory-bound: GB/s, no % of a compute peak
     lg = rows[("linear_gelu", "cpu")]
     assert lg["gflops"] == pytest.approx(2 * 512 * 768 * 3072 / lg["seconds"] / 1e9)
-    assert lg["pct_of_peak"] == pytest.approx(100 * lg["gflops"] / report["sgemm_peak_gflops"])
+    assert lg["pct_of_fma_peak"] == pytest.approx(100 * lg["gflops"] / peak["gflops"])
+    sg = rows[("sgemm", "numpy")]
+    assert sg["gflops"] == pytest.approx(2 * 1024**3 / sg["seconds"] / 1e9)
+    assert sg["pct_of_fma_peak"] == pytest.approx(100 * sg["gflops"] / peak["gflops"])
+
+
+def test_percent_of_peak_is_of_the_fma_peak_measured_in_the_run(monkeypatch):
+    """Every GEMM-like row, SGEMM's included, is a % of the FMA peak the run measured, never of the
+    SGEMM (whose BLAS may run a narrower kernel than qkv: OPENBLAS_CORETYPE=Haswell on AVX-512)."""
+    from qkv import _bench
+
+    calls = []
+
+    def fake_peak(threads, seconds):
+        calls.append(threads)
+        return {"simd": "avx2", "threads": threads, "gflops": 1000.0 + len(calls), "gflops_1thread": 500.0}
+
+    monkeypatch.setattr(_bench, "fma_peak", fake_peak)
+    report = _bench.run(quick=True, cases=["linear_gelu", "sgemm"], impls=("cpu", "numpy"))
+    assert calls == [qkv.get_num_threads()] * 2  # before and after the cases
+    assert report["fma_peak"]["gflops"] == 1002.0 and report["fma_peak"]["gflops_before_after"] == [1001.0, 1002.0]
+    rows = [r for r in report["results"] if r["status"] == "ok"]
+    assert {r["case"] for r in rows} == {"linear_gelu", "sgemm"}
+    for r in rows:
+        assert r["pct_of_fma_peak"] == pytest.approx(100 * r["gflops"] / 1002.0), r
+    table = _bench.format_table(report)
+    assert "FMA peak measured now (avx2" in table and "1002 GFLOP/s" in table
+    assert "SGEMM peak" not in table
+
+
+def test_fma_peak_is_measured_at_every_simd_level():
+    from qkv._cpu import _runtime
+
+    for level in range(3):  # levels above the CPU's are capped, not a crash
+        for threads in (1, qkv.get_num_threads()):
+            g = _runtime.fma_peak_gflops(level, threads, seconds=0.005)
+            assert math.isfinite(g) and g > 0, (level, threads, g)
+    for bad in [dict(simd=3, n_threads=1), dict(simd=0, n_threads=0), dict(simd=0, n_threads=1, seconds=0.0)]:
+        with pytest.raises(ValueError):
+            _runtime.fma_peak_gflops(**bad)
+
+
+def test_blas_kernels_names_the_library_behind_each_sgemm():
+    from qkv._bench import blas_kernels
+
+    numpy_lib = dict(library="openblas", version="0.3.31", kernel="Haswell", threads=2,
+                     path="/site-packages/numpy.libs/libscipy_openblas64_-1.so")
+    scipy_lib = dict(library="openblas", version="0.3.30", kernel="SkylakeX", threads=2,
+                     path="/site-packages/scipy.libs/libscipy_openblas-2.so")
+    assert blas_kernels([numpy_lib, scipy_lib]) == {"numpy.matmul": "OpenBLAS 0.3.31 Haswell, 2 threads",
+                                                   "qkv.linear": "OpenBLAS 0.3.30 SkylakeX, 2 threads"}
+    mkl = dict(library="mkl", version="2024.1", kernel="skylake", threads=4, path="/env/lib/libmkl_rt.so")
+    assert set(blas_kernels([mkl]).values()) == {"MKL 2024.1 skylake, 4 threads"}  # one BLAS serves both
+    assert blas_kernels([])["qkv.linear"].startswith("unknown")
+
+
+def test_bench_progress_bar_only_when_asked(monkeypatch, capsys):
+    from qkv import cli
+
+    args = ["bench", "--quick", "--only", "layer_norm", "--backends", "cpu"]
+    monkeypatch.delenv("QKV_PROGRESS", raising=False)
+    assert cli.main(args) == 0
+    assert capsys.readouterr().err == ""  # stderr is not a terminal under capsys
+    monkeypatch.setenv("QKV_PROGRESS", "1")
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert "qkv bench" in err and "3/3" in err, err
 
 
 def test_qkv_bench_rejects_unknown_case(capsys):

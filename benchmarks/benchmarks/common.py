@@ -25,21 +25,23 @@ qkv's ops are called with a preallocated ``out=`` where they take one (the hot-p
 large output costs page faults on every call, see BENCHMARKS.md on the allocator). GPU work is
 synchronised inside every timed function.
 
-This file touches no private module of qkv beyond the backend table: asv runs today's benchmarks
-against older builds.
+The implementations (Impl), the work counts, the error measure and the timer are qkv bench's, from
+qkv._bench, so the two cannot drift apart. asv runs today's benchmarks against older builds: `asv run`
+over history reaches back to the first commit whose qkv._bench has Impl(name, dtype) (a build without it
+fails at import, loudly, rather than measuring something else).
 """
 
 import functools
-import importlib
 import os
 import timeit
 
 import numpy as np
 
 import qkv  # imported here so that asv's forkserver loads it once, not once per benchmark
+from qkv import _bench
+from qkv._bench import attention_flops, linear_flops, max_abs_err  # noqa: F401  (re-exported)
 
 IMPLS = ["cpu", "numpy", "cuda", "torch"]
-QKV_BACKENDS = ("cpu", "numpy", "cuda")
 XL = os.environ.get("QKV_BENCH_XL", "") == "1"
 
 # seeds per input role (append only)
@@ -79,90 +81,23 @@ def require_xl(condition, what):
 
 
 # ---------------------------------------------------------------------------------------------
-# implementations
+# implementations: qkv._bench.Impl (shared with ``qkv bench``), with the backend forced for the
+# benchmark's lifetime: asv calls the ops from several methods, so no ``with`` block fits
 
 
-class Impl:
-    """One implementation under test: array conversion, synchronisation and the ops namespace.
-
-    ``impl.ops`` is the ``qkv`` module for the qkv backends (with the backend forced) and ``torch``
-    for torch; ``impl.asarray(a)`` moves a NumPy array to the implementation's device/type;
-    ``impl.sync()`` waits for queued device work.
-    """
+class Impl(_bench.Impl):
+    """One implementation under test (qkv._bench.Impl: ``ops``, ``asarray``, ``empty``, ``to_numpy``,
+    ``sync``, ``require_op``; its Unavailable is a NotImplementedError, i.e. a skip). For qkv's
+    backends ``impl.ops`` is the ``qkv`` module with ``name`` set as the backend until ``close()``."""
 
     def __init__(self, name, dtype):
-        self.name = name
-        self.dtype = np.dtype(dtype)
-        self.is_torch = name == "torch"
-        if self.is_torch:
-            self.ops = _import_torch()
-            if self.dtype == np.float16:
-                skip("torch CPU baseline runs float32/float64 only")
-            self.tdtype = getattr(self.ops, self.dtype.name)
-        else:
-            self.ops = _require_qkv_backend(name, self.dtype)
-        self.xp = _cupy() if name == "cuda" else np
-
-    def asarray(self, a):
-        if self.is_torch:
-            return self.ops.from_numpy(np.array(a, dtype=self.dtype))  # a writeable copy
-        return self.xp.asarray(np.asarray(a, dtype=self.dtype))
-
-    def empty(self, shape):
-        return self.xp.empty(shape, dtype=self.dtype)
-
-    def to_numpy(self, a):
-        if self.is_torch:
-            return a.detach().numpy()
-        if self.name == "cuda":
-            return self.xp.asnumpy(a)
-        return np.asarray(a)
-
-    def sync(self):
-        if self.name == "cuda":
-            self.xp.cuda.get_current_stream().synchronize()
-
-    def require_op(self, op):
-        """Skip when this qkv backend has no ``op`` yet (it lands in a later version)."""
-        if self.is_torch:
-            return
-        backend_module = importlib.import_module(qkv._backend._MODULES[self.name])
-        if not hasattr(backend_module, op):
-            skip(f"backend {self.name!r} has no {op} in this version of qkv")
+        super().__init__(name, dtype)
+        if not self.is_torch:
+            qkv.set_backend(name)
 
     def close(self):
         if not self.is_torch:
             qkv.set_backend("auto")
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        skip("torch is not installed")
-    torch.set_num_threads(qkv.get_num_threads())  # same thread count on both sides
-    return torch
-
-
-def _cupy():
-    import cupy
-
-    return cupy
-
-
-def _require_qkv_backend(name, dtype):
-    info = qkv.backends().get(name)
-    if info is None:
-        skip(f"qkv has no backend {name!r} in this version")
-    if not info["available"]:
-        skip(f"backend {name!r} unavailable: {info['reason']}")
-    module = importlib.import_module(qkv._backend._MODULES[name])
-    if dtype not in module.DTYPES:
-        skip(f"backend {name!r} does not support {dtype}")
-    if name == "numpy" and dtype == np.float16:
-        skip("the NumPy reference computes in float64 whatever the dtype: float16 adds nothing")
-    qkv.set_backend(name)
-    return qkv
 
 
 class Benchmark:
@@ -185,27 +120,8 @@ class Benchmark:
 
 
 # ---------------------------------------------------------------------------------------------
-# work counts: FLOPs and bytes per call (also what qkv bench uses; tests check they agree)
-
-
-def attention_flops(B, Hq, Lq, Lk, D, causal):
-    """FlashAttention's convention: 4*B*H*Lq*Lk*D (QK^T and PV), halved for square causal.
-
-    For causal with Lq != Lk (bottom-right aligned, e.g. decoding), count the visible pairs.
-    """
-    if not causal:
-        pairs = Lq * Lk
-    elif Lq == Lk:
-        pairs = Lq * Lk / 2
-    else:
-        shift = Lk - Lq
-        i = np.arange(Lq)
-        pairs = float(np.clip(i + shift + 1, 0, Lk).sum())
-    return 4.0 * B * Hq * pairs * D
-
-
-def linear_flops(M, K, N):
-    return 2.0 * M * K * N
+# work counts and timing: qkv bench's (attention_flops, linear_flops, max_abs_err, _bench.time_call;
+# not imported by that name: asv would take a module-level time_* for a benchmark)
 
 
 def mlp_flops(M, C, H):
@@ -218,22 +134,4 @@ def gflops(flops, seconds):
 
 def best_time(fn, sync, min_time=0.2, max_calls=50, min_calls=3):
     """Median wall time of fn() (synchronised), after one warm-up, for track_* benchmarks."""
-    fn()
-    sync()
-    times = []
-    total = 0.0
-    while len(times) < min_calls or (total < min_time and len(times) < max_calls):
-        t0 = timeit.default_timer()
-        fn()
-        sync()
-        dt = timeit.default_timer() - t0
-        times.append(dt)
-        total += dt
-    return float(np.median(times))
-
-
-def max_abs_err(actual, expected):
-    """max |actual - expected| over finite entries, computed in float64."""
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    return float(np.max(np.abs(a - e)))
+    return float(_bench.time_call(fn, sync, min_time, min_calls, max_calls=max_calls))

@@ -23,17 +23,9 @@ def load(source, extra_flags=()):
     return ctypes.CDLL(lib)
 
 
-def fma_peak(n_threads, avx512=True, n=20_000_000):
-    """Measured float32 FMA peak in GFLOP/s (best of 3)."""
-    lib = load("fma_peak.c")
-    lib.fma_peak_gflops.restype = ctypes.c_double
-    lib.fma_peak_gflops.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int]
-    return max(lib.fma_peak_gflops(n_threads, n, int(avx512)) for _ in range(3))
-
-
 def read_bandwidth(n_threads, nbytes, reps=20):
     """Measured read bandwidth in GB/s over a buffer of nbytes (best of reps passes)."""
-    lib = load("fma_peak.c")
+    lib = load("read_bandwidth.c")
     lib.read_bandwidth_gbs.restype = ctypes.c_double
     lib.read_bandwidth_gbs.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int]
     return lib.read_bandwidth_gbs(n_threads, int(nbytes), reps)

@@ -8,7 +8,7 @@ version is csrc/attention.c itself, compiled here through ctypes with -D overrid
 called with a forced path and SIMD level, so the numbered versions stay runnable as the kernel moves
 on. Each is checked against qkv._reference.attention (max abs error < 2e-5) before it is timed;
 times are medians of alternating calls, GFLOP/s with the FlashAttention convention (4*B*H*L^2*D,
-halved for causal), next to the FMA peak measured in the same run (benchmarks/dev/fma_peak.c).
+halved for causal), next to the FMA peak measured in the same run (csrc/fma_peak.c, at qkv's SIMD level).
 
 Versions
   v0  NumPy naive: scores materialised (H, L, L), softmax, matmul (OpenBLAS)
@@ -57,6 +57,7 @@ sys.path.insert(0, HERE)
 import _build  # noqa: E402
 
 from qkv import _reference as ref  # noqa: E402
+from qkv._bench import fma_peak  # noqa: E402
 
 H, D = 12, 64
 PATH = {"plain": 1, "tiled": 2, "split-k": 3}
@@ -158,7 +159,7 @@ def main(argv=None):
     if args.quick:
         args.lengths, args.repeat = [256], 2
     fns = {name: build(defs) for name, (_, defs, _, _) in {**VERSIONS, **DECODE}.items()}
-    peak = _build.fma_peak(args.threads)
+    peak = fma_peak(args.threads, 0.1)["gflops"]
     print(f"FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s")
     rng = np.random.default_rng(0)
     for L in args.lengths:

@@ -1,23 +1,30 @@
-"""The measurements behind ``qkv bench``: headline shapes, timing, work counts, the results table.
+"""The measurements behind ``qkv bench``: headline shapes, timing, work counts, rooflines, the table.
 
 For people without asv: one command answers "how fast is qkv here, against what?". For each headline
 case and each implementation that can run here (qkv's ``cpu`` and ``cuda`` backends, the ``numpy``
 reference, and torch on the CPU when it is installed) it
 1. checks the output against the NumPy oracle (max |error|, reported with the time);
 2. times the call: one warm-up, then repeats until a time budget is spent, median;
-3. converts to GFLOP/s (GEMM-like work) or GB/s (memory-bound work), to % of this machine's SGEMM
-   peak measured in the same run, and to speed-ups against NumPy and torch.
+3. converts to GFLOP/s (GEMM-like work) or GB/s (memory-bound work), to % of this machine's FMA peak
+   and to speed-ups against NumPy and torch.
+The FMA peak is measured in the same run (before and after the cases, the best of both) at the SIMD
+level qkv's kernels use: independent FMA chains in registers (csrc/fma_peak.c), on one thread and
+on qkv's threads. It is the roofline of the arithmetic, whatever BLAS is loaded: an SGEMM is only a
+reference row (``sgemm``), since OpenBLAS may run a narrower kernel than qkv (OPENBLAS_CORETYPE=Haswell
+runs AVX2 on an AVX-512 machine), and a % of it would overstate qkv. The header names the BLAS
+kernel that served each SGEMM row (threadpoolctl).
 Work counts: GEMM 2*M*K*N; attention 4*B*H*Lq*Lk*D, halved for square causal (FlashAttention's
-convention; the asv suite's benchmarks/benchmarks/common.py uses the same formulas, a test checks).
+convention). The asv suite (benchmarks/benchmarks/common.py) imports Impl, the work counts and the
+timer from here.
 
 qkv's ops get a preallocated ``out=`` (the hot-path usage); torch allocates its outputs. A fresh
 large output costs page faults on every call, so the allocator setting is reported too.
 """
 
+import importlib
 import os
 import platform
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -45,19 +52,31 @@ def linear_flops(M, K, N):
     return 2.0 * M * K * N
 
 
+def max_abs_err(actual, expected):
+    """max |actual - expected|, computed in float64."""
+    return float(np.max(np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64))))
+
+
 # ---------------------------------------------------------------------------------------------
 # implementations
 
 
-class Unavailable(Exception):
-    """This implementation cannot run this case here; the message says why."""
+class Unavailable(NotImplementedError):
+    """This implementation cannot run this case here; the message says why (asv counts it a skip)."""
 
 
 class Impl:
-    """Array conversion, synchronisation and the namespace for one implementation."""
+    """One implementation under test: array conversion, synchronisation and the ops namespace.
 
-    def __init__(self, name):
-        self.name = name
+    ``ops`` is the ``qkv`` module for qkv's backends (run the calls inside ``context()``, which forces
+    the backend) and ``torch`` for torch; ``asarray(a)`` moves a NumPy array to the implementation's
+    device and dtype; ``sync()`` waits for queued device work. Raises Unavailable when it cannot run.
+    """
+
+    def __init__(self, name, dtype="float32"):
+        import qkv
+
+        self.name, self.dtype = name, np.dtype(dtype)
         self.is_torch = name == "torch"
         self.xp = np
         if self.is_torch:
@@ -65,29 +84,43 @@ class Impl:
                 import torch
             except ImportError:
                 raise Unavailable("torch is not installed") from None
-            import qkv
+            if self.dtype == np.float16:
+                raise Unavailable("torch CPU baseline runs float32/float64 only")
+            torch.set_num_threads(qkv.get_num_threads())  # same thread count on both sides
+            self.ops, self.tdtype = torch, getattr(torch, self.dtype.name)
+            return
+        info = qkv.backends().get(name)
+        if info is None:
+            raise Unavailable(f"qkv has no backend {name!r} in this version")
+        if not info["available"]:
+            raise Unavailable(info["reason"])
+        if self.dtype not in self._module().DTYPES:
+            raise Unavailable(f"backend {name!r} does not support {self.dtype}")
+        if name == "numpy" and self.dtype == np.float16:
+            raise Unavailable("the NumPy reference computes in float64 whatever the dtype: float16 adds nothing")
+        self.ops = qkv
+        if name == "cuda":
+            import cupy
 
-            torch.set_num_threads(qkv.get_num_threads())
-            self.ops = torch
-        else:
-            import qkv
+            self.xp = cupy
 
-            info = qkv.backends()[name]
-            if not info["available"]:
-                raise Unavailable(info["reason"])
-            self.ops = qkv
-            if name == "cuda":
-                import cupy
+    def _module(self):
+        from qkv import _backend
 
-                self.xp = cupy
+        return importlib.import_module(_backend._MODULES[self.name])
+
+    def require_op(self, op):
+        """Raise Unavailable when this qkv backend has no ``op`` (it lands in a later version)."""
+        if not self.is_torch and not hasattr(self._module(), op):
+            raise Unavailable(f"backend {self.name!r} has no {op} in this version of qkv")
 
     def asarray(self, a):
         if self.is_torch:
-            return self.ops.from_numpy(np.array(a))
-        return self.xp.asarray(a)
+            return self.ops.from_numpy(np.array(a, dtype=self.dtype))  # a writeable copy
+        return self.xp.asarray(np.asarray(a, dtype=self.dtype))
 
-    def empty(self, shape, dtype=np.float32):
-        return self.xp.empty(shape, dtype=dtype)
+    def empty(self, shape):
+        return self.xp.empty(shape, dtype=self.dtype)
 
     def to_numpy(self, a):
         if self.is_torch:
@@ -219,7 +252,33 @@ class Decode(Attention):
         self.flops = 0.0
 
 
-def headline_cases(seed=0):
+class SGEMM(Case):
+    """The BLAS reference, float32 [n, n] x [n, n]: ``numpy`` is NumPy's matmul (NumPy's BLAS),
+    ``cpu`` qkv.linear (SciPy's BLAS), ``cuda`` qkv.linear (cuBLAS), ``torch`` torch.matmul. Not a
+    qkv kernel: it shows how far the loaded BLAS gets against the same FMA peak."""
+
+    name, op = "sgemm", "linear"
+
+    def __init__(self, rng, n):
+        self.shape = f"M=K=N={n}"
+        self.a, self.b = _rand(rng, (n, n)), _rand(rng, (n, n), n**-0.5)
+        self.flops = linear_flops(n, n, n)
+        self.nbytes = 3 * self.a.nbytes
+
+    def build(self, impl):
+        a, b = impl.asarray(self.a), impl.asarray(self.b)
+        if impl.is_torch:
+            return lambda: impl.ops.matmul(a, b)
+        out = impl.empty(self.a.shape)
+        if impl.name == "numpy":
+            return lambda: np.matmul(a, b, out=out)
+        return lambda: impl.ops.linear(a, b, out=out)
+
+    def oracle(self):
+        return self.a.astype(np.float64) @ self.b.astype(np.float64)
+
+
+def headline_cases(seed=0, gemm_n=2048):
     rng = np.random.default_rng(seed)
     return [
         SoftmaxMasked(rng),
@@ -228,51 +287,66 @@ def headline_cases(seed=0):
         Attention(rng, 1024, 1024, False, "attention", "B=1 H=12 L=1024 D=64"),
         Attention(rng, 1024, 1024, True, "attention_causal", "B=1 H=12 L=1024 D=64"),
         Decode(rng),
+        SGEMM(rng, gemm_n),
     ]
 
 
-CASE_NAMES = ("softmax_masked", "layer_norm", "linear_gelu", "attention", "attention_causal", "decode")
+CASE_NAMES = ("softmax_masked", "layer_norm", "linear_gelu", "attention", "attention_causal", "decode", "sgemm")
 
 
 # ---------------------------------------------------------------------------------------------
-# timing
+# timing and rooflines
 
 
-def time_call(fn, sync, budget, min_calls, best=False):
+def time_call(fn, sync, budget, min_calls, best=False, max_calls=1000):
     """Median (or with ``best``, minimum) seconds of fn() after one warm-up; repeats until ``budget``
-    seconds and ``min_calls``."""
+    seconds and ``min_calls``, at most ``max_calls``."""
     fn()
     sync()
     times = []
     start = time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - start < budget:
+    while len(times) < min_calls or (time.perf_counter() - start < budget and len(times) < max_calls):
         t0 = time.perf_counter()
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-        if len(times) >= 1000:
-            break
     return min(times) if best else statistics.median(times)
 
 
-def _no_sync():
-    pass
+def fma_peak(threads, seconds):
+    """This machine's float32 FMA peak now, at the SIMD level qkv's kernels use (QKV_SIMD caps it):
+    {"simd", "threads", "gflops" (on ``threads``), "gflops_1thread"}. Best of 3 calls of ``seconds``."""
+    from qkv import _config
+    from qkv._cpu import _runtime
+
+    level = _config.simd_level()
+    return {"simd": _config.simd_name(), "threads": threads,
+            "gflops": _runtime.fma_peak_gflops(level, threads, seconds),
+            "gflops_1thread": _runtime.fma_peak_gflops(level, 1, seconds)}
 
 
-def sgemm_peak(n, budget, min_calls):
-    """This machine's float32 GEMM peak now: the fastest call of NumPy's matmul and of qkv.linear
-    (SciPy's BLAS), n x n x n. A peak is what the machine can do, so the best call counts, not the median."""
-    import qkv
+BLAS_NAMES = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS", "flexiblas": "FlexiBLAS"}
 
-    rng = np.random.default_rng(1)
-    a, b = _rand(rng, (n, n)), _rand(rng, (n, n))
-    out = np.empty((n, n), np.float32)
-    flops = linear_flops(n, n, n)
-    rates = {
-        "numpy.matmul": flops / time_call(lambda: np.matmul(a, b, out=out), _no_sync, budget, min_calls, best=True) / 1e9,
-        "qkv.linear": flops / time_call(lambda: qkv.linear(a, b, out=out), _no_sync, budget, min_calls, best=True) / 1e9,
-    }
-    return max(rates.values()), rates
+
+def blas_kernels(blas):
+    """Which BLAS served which SGEMM row, from threadpoolctl's list (``machine_facts()["blas"]``):
+    {"numpy.matmul": "OpenBLAS 0.3.31 Haswell, 2 threads", "qkv.linear": ...}. NumPy and SciPy each
+    ship their own OpenBLAS (found by its path); a single BLAS serves both."""
+    loaded = [b for b in blas if "error" not in b]
+
+    def label(b):
+        name = BLAS_NAMES.get(str(b.get("library")).lower(), b.get("library"))
+        return f"{name} {b.get('version')} {b.get('kernel')}, {b.get('threads')} threads"
+
+    out = {}
+    for user, package in (("numpy.matmul", "numpy"), ("qkv.linear", "scipy")):
+        mine = [b for b in loaded if f"{package}." in (b.get("path") or "") or f"{os.sep}{package}{os.sep}" in
+                (b.get("path") or "")]
+        if len(mine) == 1 or len(loaded) == 1:
+            out[user] = label((mine or loaded)[0])
+        else:
+            out[user] = "unknown (" + ("; ".join(label(b) for b in loaded) or "threadpoolctl found no BLAS") + ")"
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +358,7 @@ def machine_facts():
     from qkv.commands.info import collect
 
     facts = collect()
-    facts["cpu_model"] = _cpu_model()
+    facts["cpu_model"] = cpu_model()
     libc = platform.libc_ver()
     facts["allocator"] = {
         "libc": " ".join(libc).strip() or "unknown",
@@ -292,8 +366,8 @@ def machine_facts():
                                                      "MALLOC_ARENA_MAX")},
         "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),
     }
-    facts["env"] = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS")
-                    if k in os.environ}
+    facts["env"] = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
+                                               "OPENBLAS_L2_SIZE", "QKV_SIMD") if k in os.environ}
     try:
         import torch
 
@@ -304,7 +378,7 @@ def machine_facts():
     return facts
 
 
-def _cpu_model():
+def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -315,98 +389,70 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
-class Progress:
-    """A one-line progress bar on stderr when it is a terminal; silent otherwise."""
+def run(quick=False, cases=None, impls=IMPLS):
+    """Measure; returns the report dict that ``qkv bench --json`` writes. A progress bar on stderr
+    while a person watches (qkv._progress: silent off a terminal)."""
+    import qkv
+    from qkv._progress import progress_bar
 
-    def __init__(self, total, stream=None):
-        self.total, self.done = total, 0
-        self.stream = stream or sys.stderr
-        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def step(self, label):
-        if self.live:
-            width = 30
-            fill = int(width * self.done / max(1, self.total))
-            self.stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} {label:<32}")
-            self.stream.flush()
-        self.done += 1
-
-    def close(self):
-        if self.live:
-            self.stream.write("\r" + " " * 80 + "\r")
-            self.stream.flush()
-
-
-def run(quick=False, cases=None, impls=IMPLS, progress=True):
-    """Measure; returns the report dict that ``qkv bench --json`` writes."""
-    budget, min_calls = (0.15, 3) if quick else (1.0, 7)
-    chosen = [c for c in headline_cases() if cases is None or c.name in cases]
-    bar = Progress(2 + len(chosen) * len(impls)) if progress else Progress(0, stream=_Null())
-    bar.step("SGEMM peak")
-    n_gemm = 1024 if quick else 2048
-    peak, peak_rates = sgemm_peak(n_gemm, budget, min_calls)
-    impl_objs = {}
-    for name in impls:
-        try:
-            impl_objs[name] = Impl(name)
-        except Unavailable as exc:
-            impl_objs[name] = exc
+    budget, min_calls, fma_seconds = (0.15, 3, 0.02) if quick else (1.0, 7, 0.1)
+    chosen = [c for c in headline_cases(gemm_n=1024 if quick else 2048) if cases is None or c.name in cases]
+    threads = qkv.get_num_threads()
     results = []
-    for case in chosen:
-        expected = case.oracle()
-        rows = {}
+    with progress_bar(total=2 + len(chosen) * len(impls), desc="qkv bench", unit="step") as bar:
+        bar.set_postfix_str("FMA peak")
+        peaks = [fma_peak(threads, fma_seconds)]
+        bar.update()
+        impl_objs = {}
         for name in impls:
-            bar.step(f"{case.name} / {name}")
-            rows[name] = _measure(case, impl_objs[name], name, expected, budget, min_calls)
-        for name, r in rows.items():
-            if r["status"] != "ok":
-                continue
-            r["gflops"] = case.flops / r["seconds"] / 1e9 if case.flops else None
-            r["gbps"] = case.nbytes / r["seconds"] / 1e9
-            r["pct_of_peak"] = 100.0 * r["gflops"] / peak if case.flops else None
-            for base in ("numpy", "torch"):
-                b = rows.get(base)
-                ok = b is not None and b["status"] == "ok" and name != base
-                r[f"speedup_vs_{base}"] = b["seconds"] / r["seconds"] if ok else None
-        results.extend(rows.values())
-    # measured before and after the cases (the best of both), so a busy moment does not define the peak
-    bar.step("SGEMM peak, again")
-    peak_after, rates_after = sgemm_peak(n_gemm, budget, min_calls)
-    peak_rates = {k: max(v, rates_after[k]) for k, v in peak_rates.items()}
-    if peak_after > peak:
-        peak = peak_after
-        for r in results:
-            if r.get("gflops"):
-                r["pct_of_peak"] = 100.0 * r["gflops"] / peak
-    bar.close()
-    return {"quick": quick, "sgemm_peak_gflops": peak, "sgemm_rates": peak_rates, "machine": machine_facts(),
+            try:
+                impl_objs[name] = Impl(name)
+            except Unavailable as exc:
+                impl_objs[name] = exc
+        for case in chosen:
+            expected = case.oracle()
+            rows = {}
+            for name in impls:
+                bar.set_postfix_str(f"{case.name} / {name}")
+                rows[name] = _measure(case, impl_objs[name], name, expected, budget, min_calls)
+                bar.update()
+            for name, r in rows.items():
+                if r["status"] != "ok":
+                    continue
+                r["gflops"] = case.flops / r["seconds"] / 1e9 if case.flops else None
+                r["gbps"] = case.nbytes / r["seconds"] / 1e9
+                for base in ("numpy", "torch"):
+                    b = rows.get(base)
+                    ok = b is not None and b["status"] == "ok" and name != base
+                    r[f"speedup_vs_{base}"] = b["seconds"] / r["seconds"] if ok else None
+            results.extend(rows.values())
+        # measured before and after the cases (the best of both), so a busy moment does not define the peak
+        bar.set_postfix_str("FMA peak, again")
+        peaks.append(fma_peak(threads, fma_seconds))
+        bar.update()
+    peak = {**peaks[0], "gflops": max(p["gflops"] for p in peaks),
+            "gflops_1thread": max(p["gflops_1thread"] for p in peaks),
+            "gflops_before_after": [p["gflops"] for p in peaks]}
+    for r in results:
+        if r["status"] == "ok":
+            r["pct_of_fma_peak"] = 100.0 * r["gflops"] / peak["gflops"] if r["gflops"] else None
+    machine = machine_facts()
+    return {"quick": quick, "fma_peak": peak, "blas_kernels": blas_kernels(machine["blas"]), "machine": machine,
             "results": results}
-
-
-class _Null:
-    def write(self, s):
-        pass
-
-    def flush(self):
-        pass
 
 
 def _measure(case, impl, name, expected, budget, min_calls):
     row = {"case": case.name, "shape": case.shape, "backend": name, "dtype": "float32"}
-    if isinstance(impl, Exception):
+    if isinstance(impl, Unavailable):
         return {**row, "status": "skipped", "reason": str(impl)}
-    if not impl.is_torch:
-        import importlib
-
-        from qkv import _backend
-
-        if not hasattr(importlib.import_module(_backend._MODULES[name]), case.op):
-            return {**row, "status": "skipped", "reason": f"backend {name!r} has no {case.op} in this version"}
+    try:
+        impl.require_op(case.op)
+    except Unavailable as exc:
+        return {**row, "status": "skipped", "reason": str(exc)}
     try:
         with impl.context():
             fn = case.build(impl)
-            got = impl.to_numpy(fn())
-            row["max_abs_err"] = float(np.max(np.abs(got.astype(np.float64) - np.asarray(expected, np.float64))))
+            row["max_abs_err"] = max_abs_err(impl.to_numpy(fn()), expected)
             row["seconds"] = time_call(fn, impl.sync, budget, min_calls)
         row["status"] = "ok"
     except Exception as exc:  # one broken case must not hide the others; run() reports it
@@ -438,21 +484,28 @@ def backends_absent(report):
     return {name: next(iter(reasons)) for name, reasons in by.items() if len(reasons) == 1 and None not in reasons}
 
 
-def format_table(report):
-    m = report["machine"]
-    lines = []
-    blas = ", ".join(f"{b.get('library')} {b.get('version')} ({b.get('kernel')}, {b.get('threads')} threads)"
-                     for b in m["blas"] if "error" not in b) or "unknown"
+def header_lines(report):
+    """The lines above the table: versions, machine, the BLAS that ran, allocator, the FMA peak."""
+    m, p = report["machine"], report["fma_peak"]
     alloc = m["allocator"]
-    lines.append(f"qkv {m['qkv']}  Python {m['python']}  NumPy {m['numpy']}  SciPy {m['scipy']}  "
-                 f"torch {m['torch']['version'] if m['torch'] else 'not installed'}  {m['date_utc']} UTC")
-    lines.append(f"machine {m.get('cpu_model', m['machine'])}, {m['threads']} threads, SIMD {m['simd']['in_use']}; BLAS: {blas}")
-    lines.append(f"allocator: {alloc['libc']}, MALLOC_TRIM_THRESHOLD_={alloc['MALLOC_TRIM_THRESHOLD_']}, "
-                 f"MALLOC_MMAP_THRESHOLD_={alloc['MALLOC_MMAP_THRESHOLD_']}")
-    rates = ", ".join(f"{k} {v:.0f}" for k, v in report["sgemm_rates"].items())
-    lines.append(f"SGEMM peak measured now: {report['sgemm_peak_gflops']:.0f} GFLOP/s ({rates})")
-    lines.append("")
-    head = (f"{'case':<17} {'shape':<26} {'backend':<7} {'time':>9} {'GFLOP/s':>8} {'GB/s':>7} {'% peak':>7} "
+    forced = f" (OPENBLAS_CORETYPE={m['env']['OPENBLAS_CORETYPE']})" if "OPENBLAS_CORETYPE" in m.get("env", {}) else ""
+    return [
+        f"qkv {m['qkv']}  Python {m['python']}  NumPy {m['numpy']}  SciPy {m['scipy']}  "
+        f"torch {m['torch']['version'] if m['torch'] else 'not installed'}  {m['date_utc']} UTC",
+        f"machine {m.get('cpu_model', m['machine'])}, {m['threads']} threads, qkv SIMD {m['simd']['in_use']} "
+        f"(CPU supports {m['simd']['cpu_supports']})",
+        "BLAS that ran" + forced + ": " + "; ".join(f"{k} {v}" for k, v in report["blas_kernels"].items()),
+        f"allocator: {alloc['libc']}, MALLOC_TRIM_THRESHOLD_={alloc['MALLOC_TRIM_THRESHOLD_']}, "
+        f"MALLOC_MMAP_THRESHOLD_={alloc['MALLOC_MMAP_THRESHOLD_']}",
+        f"FMA peak measured now ({p['simd']} FMA chains, the level qkv runs): {p['gflops']:.0f} GFLOP/s on "
+        f"{p['threads']} threads, {p['gflops_1thread']:.0f} on 1 (before/after the cases: "
+        + "/".join(f"{g:.0f}" for g in p["gflops_before_after"]) + ")",
+    ]
+
+
+def format_table(report):
+    lines = header_lines(report) + [""]
+    head = (f"{'case':<17} {'shape':<26} {'backend':<7} {'time':>9} {'GFLOP/s':>8} {'GB/s':>7} {'% FMA':>6} "
             f"{'vs NumPy':>9} {'vs torch':>9} {'max err':>8}")
     lines.append(head)
     lines.append("-" * len(head))
@@ -465,16 +518,19 @@ def format_table(report):
             continue
         lines.append(
             f"{r['case']:<17} {r['shape']:<26} {r['backend']:<7} {_fmt_time(r['seconds']):>9} "
-            f"{_fmt(r['gflops'], '.1f'):>8} {_fmt(r['gbps'], '.1f'):>7} {_fmt(r['pct_of_peak'], '.0f', '%'):>7} "
+            f"{_fmt(r['gflops'], '.1f'):>8} {_fmt(r['gbps'], '.1f'):>7} {_fmt(r['pct_of_fma_peak'], '.0f', '%'):>6} "
             f"{_fmt(r['speedup_vs_numpy'], '.2f', 'x'):>9} {_fmt(r['speedup_vs_torch'], '.2f', 'x'):>9} "
             f"{r['max_abs_err']:>8.1e}"
         )
     for name, reason in absent.items():
         lines.append(f"{name}: not measured ({reason})")
-    if any((r.get("pct_of_peak") or 0) > 100 for r in report["results"]):
-        lines.append("warning: some rows beat the measured SGEMM peak, so the machine was busy while it was "
-                     "measured; re-run on a quiet machine")
+    p = report["fma_peak"]
+    if any((r.get("pct_of_fma_peak") or 0) > 100 for r in report["results"]):
+        lines.append(f"warning: rows above 100% of the FMA peak: the peak was measured while other work shared the "
+                     f"cores (re-run on a quiet machine), or that row runs a wider SIMD level than qkv's {p['simd']} "
+                     "(QKV_SIMD caps qkv, not torch or the BLAS)")
     lines.append("")
-    lines.append("GFLOP/s: GEMM 2*M*K*N, attention 4*B*H*Lq*Lk*D (halved for causal); % peak of the SGEMM rate "
-                 "above. vs X: X's time / this time.")
+    lines.append(f"GFLOP/s: GEMM 2*M*K*N, attention 4*B*H*Lq*Lk*D (halved for causal); % FMA: of the {p['threads']}-"
+                 f"thread FMA peak above. sgemm: the BLAS reference (numpy: NumPy's matmul; cpu: qkv.linear, "
+                 "SciPy's BLAS). vs X: X's time / this time.")
     return "\n".join(lines)

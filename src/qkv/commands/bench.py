@@ -1,9 +1,10 @@
 """``qkv bench``: where qkv stands on this machine, without asv.
 
 Runs the headline shapes (masked softmax, layer norm, linear+GELU, attention causal and not,
-one-query decode) on every implementation that can run here and prints time, GFLOP/s or GB/s,
-% of this machine's SGEMM peak (measured in the same run) and speed-ups against the NumPy
-reference and torch. The measuring lives in qkv._bench.
+one-query decode, and an SGEMM as the BLAS reference) on every implementation that can run here and
+prints time, GFLOP/s or GB/s, % of this machine's FMA peak at qkv's SIMD level (measured in the same
+run), speed-ups against the NumPy reference and torch, and the BLAS kernel that ran. The measuring
+lives in qkv._bench.
 """
 
 import json
@@ -22,8 +23,8 @@ def _names(text, allowed, what):
 
 
 def add_parser(sub):
-    p = sub.add_parser("bench", help="time the headline kernels against NumPy and torch, with %% of SGEMM peak")
-    p.add_argument("--quick", action="store_true", help="short timing budget and a smaller SGEMM (a few seconds)")
+    p = sub.add_parser("bench", help="time the headline kernels against NumPy and torch, with %% of the FMA peak")
+    p.add_argument("--quick", action="store_true", help="short timing budget and a smaller SGEMM (~30 s)")
     p.add_argument("--json", metavar="FILE", help="also write the full results (machine, versions, rows) to FILE")
     p.add_argument("--only", metavar="CASES", help=f"comma-separated subset of: {', '.join(CASE_NAMES)}")
     p.add_argument("--backends", metavar="NAMES", help=f"comma-separated subset of: {', '.join(IMPLS)}")
