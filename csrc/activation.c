@@ -7,9 +7,15 @@ act: none, GELU tanh approximation, exact (erf) GELU, ReLU. NaN stays NaN (ReLU 
 The math (qkv_math.h) is branch-free so the row loops vectorise; they are compiled for AVX-512,
 AVX2 and baseline (activation.inc). The float erf GELU evaluates in double; the double erf GELU
 calls libm's erfc and does not vectorise.
+
+Backward (qkv.gelu_backward, and the first pass of qkv.linear_backward): dx = dy * act'(x), and on
+request dbias = column sums of dx in the same pass, through fixed row chunks and a fixed-order sum
+of their partial rows (qkv_reduce.h): the same bits for any thread count.
 */
+#include <stdlib.h>
 #include "qkv_common.h"
 #include "qkv_math.h"
+#include "qkv_reduce.h"
 #include "activation.h"
 
 #define QKV_INC "activation.inc"
@@ -17,21 +23,29 @@ calls libm's erfc and does not vectorise.
 #define SFX f32
 #define GELU_TANH qkv_gelu_tanh_f
 #define GELU_ERF qkv_gelu_erf_f
+#define GELU_TANH_GRAD qkv_gelu_tanh_grad_f
+#define GELU_ERF_GRAD qkv_gelu_erf_grad_f
 #include "qkv_isa_instances.h"
 #undef T
 #undef SFX
 #undef GELU_TANH
 #undef GELU_ERF
+#undef GELU_TANH_GRAD
+#undef GELU_ERF_GRAD
 
 #define T double
 #define SFX f64
 #define GELU_TANH qkv_gelu_tanh_d
 #define GELU_ERF qkv_gelu_erf_d
+#define GELU_TANH_GRAD qkv_gelu_tanh_grad_d
+#define GELU_ERF_GRAD qkv_gelu_erf_grad_d
 #include "qkv_isa_instances.h"
 #undef T
 #undef SFX
 #undef GELU_TANH
 #undef GELU_ERF
+#undef GELU_TANH_GRAD
+#undef GELU_ERF_GRAD
 
 // Rows are split into chunks of about 16K elements so a long single row still uses every thread.
 #define BIAS_ACT_DRIVER(T, SFX)                                                                       \
@@ -57,3 +71,53 @@ calls libm's erfc and does not vectorise.
 
 BIAS_ACT_DRIVER(float, f32)
 BIAS_ACT_DRIVER(double, f64)
+
+// ---------------------------------------------------------------------------------------------
+// backward: dx = dy * act'(x); dbias (N,) or NULL = column sums of dx. dx may be NULL (only
+// dbias), x may be NULL for act none. Without dbias, elementwise tasks as in the forward; with
+// it, fixed row chunks each own a partial row, summed in chunk order.
+
+#define ACT_BACKWARD_DRIVER(T, SFX)                                                                   \
+    int qkv_act_backward_##SFX(T* dx, T* dbias, const T* dy, const T* x, int64_t R, int64_t N, int act, \
+                               int simd, int n_threads) {                                             \
+        if (R < 0 || N <= 0 || (!dx && !dbias) || (!x && act != QKV_ACT_NONE)) return QKV_EINVAL;     \
+        void (*row)(T*, T*, const T*, const T*, int64_t, int) =                                       \
+            simd >= QKV_SIMD_AVX512 ? act_backward_row_##SFX##_avx512                                 \
+            : simd == QKV_SIMD_AVX2 ? act_backward_row_##SFX##_avx2 : act_backward_row_##SFX##_scalar; \
+        const int parallel = n_threads > 1 && R * N >= 16384;                                         \
+        (void)parallel;                                                                               \
+        if (!dbias) {                                                                                 \
+            const int64_t chunk = N < 16384 ? N : 16384;                                              \
+            const int64_t per_row = (N + chunk - 1) / chunk;                                          \
+            const int64_t tasks = R * per_row;                                                        \
+            QKV_OMP(parallel for schedule(static) num_threads(n_threads) if(parallel))                \
+            for (int64_t t = 0; t < tasks; t++) {                                                     \
+                const int64_t r = t / per_row, j0 = (t % per_row) * chunk;                            \
+                const int64_t n = N - j0 < chunk ? N - j0 : chunk;                                    \
+                row(dx + r * N + j0, NULL, dy + r * N + j0, x ? x + r * N + j0 : NULL, n, act);       \
+            }                                                                                         \
+            return QKV_OK;                                                                            \
+        }                                                                                             \
+        if (R == 0) {                                                                                 \
+            memset(dbias, 0, (size_t)N * sizeof(T));                                                  \
+            return QKV_OK;                                                                            \
+        }                                                                                             \
+        const int64_t n_chunks = qkv_reduce_chunks(R, N);                                             \
+        T* partial = (T*)malloc((size_t)(n_chunks * N) * sizeof(T));                                  \
+        if (!partial) return QKV_ENOMEM;                                                              \
+        QKV_OMP(parallel for schedule(static) num_threads(n_threads) if(parallel))                    \
+        for (int64_t k = 0; k < n_chunks; k++) {                                                      \
+            T* db = partial + k * N;                                                                  \
+            memset(db, 0, (size_t)N * sizeof(T));                                                     \
+            int64_t r0, r1;                                                                           \
+            qkv_chunk_rows(R, n_chunks, k, &r0, &r1);                                                 \
+            for (int64_t r = r0; r < r1; r++)                                                         \
+                row(dx ? dx + r * N : NULL, db, dy + r * N, x ? x + r * N : NULL, N, act);            \
+        }                                                                                             \
+        qkv_sum_partials_##SFX(dbias, partial, n_chunks, N, N, n_threads);                            \
+        free(partial);                                                                                \
+        return QKV_OK;                                                                                \
+    }
+
+ACT_BACKWARD_DRIVER(float, f32)
+ACT_BACKWARD_DRIVER(double, f64)

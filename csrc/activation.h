@@ -1,4 +1,5 @@
-// activation.h: bias + activation over rows (GELU, and the linear epilogue). See activation.c.
+// activation.h: bias + activation over rows (GELU, and the linear epilogue), and its backward.
+// See activation.c.
 #ifndef QKV_ACTIVATION_H
 #define QKV_ACTIVATION_H
 #include <stdint.h>
@@ -12,4 +13,10 @@ int qkv_bias_act_f32(float* out, const float* x, const float* bias, int64_t R, i
                      int n_threads);
 int qkv_bias_act_f64(double* out, const double* x, const double* bias, int64_t R, int64_t N, int act, int simd,
                      int n_threads);
+// backward: dx = dy * act'(x) (dx may be NULL), dbias (N,) = column sums of dx or NULL; x may be
+// NULL for QKV_ACT_NONE
+int qkv_act_backward_f32(float* dx, float* dbias, const float* dy, const float* x, int64_t R, int64_t N, int act,
+                         int simd, int n_threads);
+int qkv_act_backward_f64(double* dx, double* dbias, const double* dy, const double* x, int64_t R, int64_t N,
+                         int act, int simd, int n_threads);
 #endif

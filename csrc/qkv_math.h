@@ -115,4 +115,45 @@ static inline double qkv_gelu_erf_d(double x) {
     return 0.5 * x * erfc(-x * 0.70710678118654752440);
 }
 
+// GELU derivatives (the backward). tanh form: d/dx x s = s + x s (1 - s) 2u', s = sigmoid(2u),
+// u' = sqrt(2/pi) (1 + 3c x^2). With e = exp(-2u): s = 1/(1 + e) and 1 - s = 1/(1 + 1/e), which
+// has no cancellation and is exactly 0 (1) at e = 0 (inf). erf form: Phi(x) + x phi(x).
+// In the second term x is clamped to +-1e4, where s(1 - s) and phi(x) are exactly 0, so that
+// x^3 * 0 never becomes inf * 0 = NaN for huge or infinite x. NaN stays NaN.
+#define QKV_GRAD_CLIP 1e4
+#define QKV_INV_SQRT_2PI 0.39894228040143267794
+
+static inline float qkv_gelu_tanh_grad_f(float x) {
+    const float a = (float)QKV_SQRT_2_OVER_PI, c = (float)QKV_GELU_C;
+    float u = a * (x + c * x * x * x);
+    float e = qkv_expf(-2.0f * u);
+    float s = 1.0f / (1.0f + e), sm = 1.0f / (1.0f + 1.0f / e);
+    float xc = x < -(float)QKV_GRAD_CLIP ? -(float)QKV_GRAD_CLIP : (x > (float)QKV_GRAD_CLIP ? (float)QKV_GRAD_CLIP : x);
+    return s + 2.0f * a * xc * (1.0f + 3.0f * c * xc * xc) * s * sm;
+}
+
+static inline double qkv_gelu_tanh_grad_d(double x) {
+    const double a = QKV_SQRT_2_OVER_PI, c = QKV_GELU_C;
+    double u = a * (x + c * x * x * x);
+    double e = qkv_exp(-2.0 * u);
+    double s = 1.0 / (1.0 + e), sm = 1.0 / (1.0 + 1.0 / e);
+    double xc = x < -QKV_GRAD_CLIP ? -QKV_GRAD_CLIP : (x > QKV_GRAD_CLIP ? QKV_GRAD_CLIP : x);
+    return s + 2.0 * a * xc * (1.0 + 3.0 * c * xc * xc) * s * sm;
+}
+
+// float: in double, with the forward's erfc fit (fractional error < 1.2e-7) and qkv_exp
+static inline float qkv_gelu_erf_grad_f(float xf) {
+    double x = xf;
+    double z = x * 0.70710678118654752440;
+    double e = qkv_erfc_pos(z < 0 ? -z : z);
+    double cdf = 0.5 * (z < 0 ? e : 2.0 - e);
+    double xc = x < -QKV_GRAD_CLIP ? -QKV_GRAD_CLIP : (x > QKV_GRAD_CLIP ? QKV_GRAD_CLIP : x);
+    return (float)(cdf + xc * qkv_exp(-0.5 * xc * xc) * QKV_INV_SQRT_2PI);
+}
+
+static inline double qkv_gelu_erf_grad_d(double x) {
+    double xc = x < -QKV_GRAD_CLIP ? -QKV_GRAD_CLIP : (x > QKV_GRAD_CLIP ? QKV_GRAD_CLIP : x);
+    return 0.5 * erfc(-x * 0.70710678118654752440) + xc * exp(-0.5 * xc * xc) * QKV_INV_SQRT_2PI;
+}
+
 #endif  // QKV_MATH_H

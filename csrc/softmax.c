@@ -13,6 +13,14 @@ within its group of M rows is i = r % M (M is the size of axis -2, for causal ma
 
 Three passes per row (max, exp+sum, normalise), each a vectorised loop. The row loops are compiled
 for AVX-512, AVX2 and the baseline ISA (softmax.inc), and threads split the rows.
+
+Also here, because they are softmaxes too:
+- the backward (qkv.softmax_backward): dx = scale * y * (dy - sum(dy * y)) per row, from y;
+- the fused cross-entropy (qkv.cross_entropy): per row, the loss lse - x[target] and the gradient
+  (softmax - onehot) * gscale written straight into dlogits, in one sweep over the row (an online
+  max/sum pass, then the write pass); no (R, V) buffer besides dlogits. Rows whose target is
+  ignore_index get loss 0 and a zero gradient row. Per-row losses (double) go to `losses`; the
+  caller sums them in a fixed order.
 */
 #include "qkv_common.h"
 #include "qkv_math.h"
@@ -71,3 +79,51 @@ for AVX-512, AVX2 and the baseline ISA (softmax.inc), and threads split the rows
 
 SOFTMAX_DRIVER(float, f32)
 SOFTMAX_DRIVER(double, f64)
+
+// ---------------------------------------------------------------------------------------------
+// backward and cross-entropy drivers
+
+#define SOFTMAX_BACKWARD_DRIVER(T, SFX)                                                               \
+    int qkv_softmax_backward_##SFX(T* dx, const T* dy, const T* y, int64_t R, int64_t N, T scale, int simd, \
+                                   int n_threads) {                                                   \
+        if (R < 0 || N <= 0) return QKV_EINVAL;                                                       \
+        void (*row)(T*, const T*, const T*, int64_t, T) =                                             \
+            simd >= QKV_SIMD_AVX512 ? softmax_backward_row_##SFX##_avx512                             \
+            : simd == QKV_SIMD_AVX2 ? softmax_backward_row_##SFX##_avx2                               \
+                                    : softmax_backward_row_##SFX##_scalar;                            \
+        const int parallel = n_threads > 1 && R * N >= 32768;                                         \
+        (void)parallel;                                                                               \
+        QKV_OMP(parallel for schedule(static) num_threads(n_threads) if(parallel))                    \
+        for (int64_t r = 0; r < R; r++) row(dx + r * N, dy + r * N, y + r * N, N, scale);             \
+        return QKV_OK;                                                                                \
+    }
+
+SOFTMAX_BACKWARD_DRIVER(float, f32)
+SOFTMAX_BACKWARD_DRIVER(double, f64)
+
+#define CROSS_ENTROPY_DRIVER(T, SFX)                                                                  \
+    int qkv_cross_entropy_##SFX(T* dx, double* losses, const T* x, const int64_t* targets, int64_t R,  \
+                                int64_t V, int64_t ignore_index, T gscale, int simd, int n_threads) {  \
+        if (R < 0 || V <= 0) return QKV_EINVAL;                                                       \
+        double (*row)(T*, const T*, int64_t, int64_t, T) =                                            \
+            simd >= QKV_SIMD_AVX512 ? cross_entropy_row_##SFX##_avx512                                \
+            : simd == QKV_SIMD_AVX2 ? cross_entropy_row_##SFX##_avx2 : cross_entropy_row_##SFX##_scalar; \
+        for (int64_t r = 0; r < R; r++)                                                               \
+            if (targets[r] != ignore_index && (targets[r] < 0 || targets[r] >= V)) return QKV_EINVAL; \
+        const int parallel = n_threads > 1 && R * V >= 32768;                                         \
+        (void)parallel;                                                                               \
+        QKV_OMP(parallel for schedule(static) num_threads(n_threads) if(parallel))                    \
+        for (int64_t r = 0; r < R; r++) {                                                             \
+            T* d = dx ? dx + r * V : NULL;                                                            \
+            if (targets[r] == ignore_index) {                                                         \
+                losses[r] = 0;                                                                        \
+                if (d) memset(d, 0, (size_t)V * sizeof(T));                                           \
+            } else {                                                                                  \
+                losses[r] = row(d, x + r * V, V, targets[r], gscale);                                 \
+            }                                                                                         \
+        }                                                                                             \
+        return QKV_OK;                                                                                \
+    }
+
+CROSS_ENTROPY_DRIVER(float, f32)
+CROSS_ENTROPY_DRIVER(double, f64)

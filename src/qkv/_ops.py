@@ -161,10 +161,12 @@ def softmax(x, axis=-1, *, mask=None, causal=False, scale=1.0, out=None):
     return y
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5, *, out=None):
+def layer_norm(x, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
     """Layer norm over the last axis: ``(x - mean) / sqrt(var + eps) * weight + bias``.
 
     x is (..., C); weight and bias are (C,) or None; the variance is the biased one.
+    ``return_stats=True`` returns ``(y, mean, rstd)`` with mean and rstd = 1/sqrt(var + eps) of
+    shape x.shape[:-1] (float64 for float64 x, else float32), what layer_norm_backward reuses.
     """
     op = "layer_norm"
     be = _backend.select(op, {"x": x, "weight": weight, "bias": bias, "out": out})
@@ -181,6 +183,8 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, out=None):
     if eps < 0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps}")
     out = _check_out(op, out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias})
+    if return_stats:
+        return be.layer_norm(x, weight, bias, eps, out=out, return_stats=True)
     return be.layer_norm(x, weight, bias, eps, out=out)
 
 
@@ -196,12 +200,14 @@ def gelu(x, approximate="tanh", *, out=None):
     return be.gelu(x, approximate, out=out)
 
 
-def linear(x, weight, bias=None, activation=None, *, out=None):
+def linear(x, weight, bias=None, activation=None, *, out=None, return_preact=False):
     """``activation(x @ weight + bias)`` with ``weight`` of shape (in, out).
 
     x is (..., in); bias is (out,) or None; activation is None, "gelu_tanh", "gelu" (erf) or
     "relu". The bias and activation run in the GEMM's epilogue. ``weight`` may be any
     row- or column-contiguous (in, out) array, e.g. ``W.T`` of a PyTorch (out, in) weight, at no copy.
+    ``return_preact=True`` returns ``(y, preact)``, preact = x @ weight + bias (what
+    linear_backward needs for the activation's derivative); without an activation it is y itself.
     """
     op = "linear"
     be = _backend.select(op, {"x": x, "weight": weight, "bias": bias, "out": out})
@@ -223,6 +229,8 @@ def linear(x, weight, bias=None, activation=None, *, out=None):
     if activation not in _ACTIVATIONS:
         raise ValueError(f"{op}: activation must be one of {_ACTIVATIONS}, got {activation!r}")
     out = _check_out(op, out, x.shape[:-1] + (weight.shape[1],), x.dtype, {"x": x, "weight": weight, "bias": bias})
+    if return_preact:
+        return be.linear(x, weight, bias, activation, out=out, return_preact=True)
     return be.linear(x, weight, bias, activation, out=out)
 
 
@@ -298,3 +306,202 @@ def attention(q, k, v, *, causal=False, mask=None, kv_lengths=None, scale=None, 
                      {"q": q, "k": k, "v": v, "mask": mask, "kv_lengths": kv_lengths})
     return be.attention(q, k, v, scale, causal=causal, mask=mask, kv_lengths=kv_lengths, out=out,
                         return_lse=bool(return_lse), return_weights=bool(return_weights))
+
+
+# ---------------------------------------------------------------------------------------------
+# backward ops: the gradients of the ops above, and the fused cross-entropy
+#
+# Each takes the upstream gradient first and what its forward saw, validates once, and returns
+# fresh arrays (inputs are never modified). Gradients of parameters that were None come back as
+# None. Row reductions (dweight, dbias, the embedding scatter, the loss) are deterministic: the
+# same bits whatever the thread count.
+
+
+def _stats_dtype(dtype):
+    import numpy
+
+    return numpy.dtype(numpy.float64) if dtype == numpy.float64 else numpy.dtype(numpy.float32)
+
+
+def _check_like(op, name, a, ref_name, ref):
+    """a has ref's shape and dtype."""
+    if _backend.array_kind(a) is None:
+        raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
+    if _shape(a) != _shape(ref):
+        raise ValueError(f"{op}: {name} has shape {_shape(a)} but {ref_name} has shape {_shape(ref)}")
+    if a.dtype != ref.dtype:
+        raise TypeError(f"{op}: {name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}")
+
+
+def _check_int_array(op, name, a, shape):
+    if _backend.array_kind(a) is None:
+        raise TypeError(f"{op}: {name} must be an integer array of shape {shape}, got {type(a).__name__}")
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{op}: {name} must be integers, got dtype {a.dtype}")
+    if _shape(a) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {_shape(a)}")
+
+
+def layer_norm_backward(dy, x, weight=None, bias=None, eps=1e-5, *, mean=None, rstd=None):
+    """Gradients of :func:`layer_norm`: ``(dx, dweight, dbias)``.
+
+    dy and x are (..., C); weight and bias (C,) or None, as given to the forward (bias is only
+    looked at for whether it exists: its gradient is the column sum of dy). mean and rstd are the
+    statistics from ``layer_norm(..., return_stats=True)``; without them they are recomputed from
+    x and eps. dweight / dbias are None when weight / bias are.
+    """
+    op = "layer_norm_backward"
+    be = _backend.select(op, {"dy": dy, "x": x, "weight": weight, "bias": bias, "mean": mean, "rstd": rstd})
+    _check_float(op, "x", x, be)
+    if x.ndim == 0:
+        raise ValueError(f"{op}: x must have at least 1 dimension, got a scalar")
+    _check_nonempty(op, "x", x)
+    _check_like(op, "dy", dy, "x", x)
+    C = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and _shape(p) != (C,):
+            raise ValueError(f"{op}: {name} must have shape ({C},) to match x of shape {_shape(x)}, got {_shape(p)}")
+    _check_same_dtype(op, "x", x, {"weight": weight, "bias": bias})
+    eps = _check_scalar(op, "eps", eps)
+    if eps < 0:
+        raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+    if (mean is None) != (rstd is None):
+        raise ValueError(f"{op}: pass both mean and rstd (from layer_norm(..., return_stats=True)) or neither")
+    if mean is not None:
+        sd = _stats_dtype(x.dtype)
+        for name, s in (("mean", mean), ("rstd", rstd)):
+            if s.dtype.kind != "f" or _shape(s) != _shape(x)[:-1]:
+                raise ValueError(f"{op}: {name} must be a float array of shape {_shape(x)[:-1]} for x of shape "
+                                 f"{_shape(x)}, got {_shape(s)} {s.dtype}")
+        mean, rstd = (s if s.dtype == sd else s.astype(sd) for s in (mean, rstd))
+    return be.layer_norm_backward(dy, x, weight, bias, eps, mean=mean, rstd=rstd)
+
+
+def gelu_backward(dy, x, approximate="tanh"):
+    """Gradient of :func:`gelu`: ``dy * gelu'(x)`` for the same ``approximate`` form."""
+    op = "gelu_backward"
+    be = _backend.select(op, {"dy": dy, "x": x})
+    _check_float(op, "x", x, be)
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"{op}: approximate must be 'tanh' or 'none', got {approximate!r}")
+    _check_nonempty(op, "x", x)
+    _check_like(op, "dy", dy, "x", x)
+    return be.gelu_backward(dy, x, approximate)
+
+
+def softmax_backward(dy, y, axis=-1, *, scale=1.0):
+    """Gradient of :func:`softmax` from its output y: ``scale * y * (dy - sum(dy * y))`` along axis.
+
+    Masks need not be passed: masked entries have y == 0, where dx is exactly 0 and dy is ignored
+    (even NaN/Inf). ``scale`` is the forward's.
+    """
+    op = "softmax_backward"
+    be = _backend.select(op, {"dy": dy, "y": y})
+    _check_float(op, "y", y, be)
+    if y.ndim == 0:
+        raise ValueError(f"{op}: y must have at least 1 dimension, got a scalar")
+    _check_nonempty(op, "y", y)
+    _check_like(op, "dy", dy, "y", y)
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or not -y.ndim <= axis < y.ndim:
+        raise ValueError(f"{op}: axis {axis!r} is out of range for y of shape {_shape(y)}")
+    axis = int(axis) % y.ndim
+    scale = _check_scalar(op, "scale", scale)
+    if axis == y.ndim - 1:
+        return be.softmax_backward(dy, y, scale)
+    xp = _namespace(y)
+    dx = be.softmax_backward(xp.moveaxis(dy, axis, -1), xp.moveaxis(y, axis, -1), scale)
+    return xp.moveaxis(dx, -1, axis)
+
+
+def linear_backward(dy, x, weight, bias=None, activation=None, *, preact=None):
+    """Gradients of :func:`linear`: ``(dx, dweight, dbias)``.
+
+    dy (..., out) is the gradient of the output; x (..., in) and weight (in, out) as in the
+    forward; bias only says whether dbias is wanted (None gives None). With an activation,
+    ``preact`` is the forward's pre-activation (``linear(..., return_preact=True)``): one pass
+    computes g = dy * activation'(preact) and the column sums dbias, then dx = g @ weight.T and
+    dweight = x.T @ g are two GEMMs. dweight has weight's memory order (C, or Fortran for a
+    transposed PyTorch weight).
+    """
+    op = "linear_backward"
+    be = _backend.select(op, {"dy": dy, "x": x, "weight": weight, "bias": bias, "preact": preact})
+    _check_float(op, "x", x, be)
+    if x.ndim == 0:
+        raise ValueError(f"{op}: x must have at least 1 dimension, got a scalar")
+    if weight.ndim != 2:
+        raise ValueError(f"{op}: weight must be 2-D (in, out), got shape {_shape(weight)}")
+    K, N = weight.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"{op}: x of shape {_shape(x)} has {x.shape[-1]} features but weight of shape "
+                         f"{_shape(weight)} expects {K} (weight is (in, out))")
+    if _backend.array_kind(dy) is None or _shape(dy) != _shape(x)[:-1] + (N,):
+        raise ValueError(f"{op}: dy must have shape {_shape(x)[:-1] + (N,)} (x {_shape(x)}, weight "
+                         f"{_shape(weight)}), got {_shape(dy) if hasattr(dy, 'shape') else type(dy).__name__}")
+    if bias is not None and _shape(bias) != (N,):
+        raise ValueError(f"{op}: bias must have shape ({N},), got {_shape(bias)}")
+    _check_same_dtype(op, "x", x, {"dy": dy, "weight": weight, "bias": bias})
+    _check_nonempty(op, "x", x)
+    _check_nonempty(op, "weight", weight)
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    if activation is not None and preact is None:
+        raise ValueError(f"{op}: activation {activation!r} needs preact= (linear(..., return_preact=True))")
+    if preact is not None:
+        _check_like(op, "preact", preact, "dy", dy)
+        if activation is None:
+            preact = None  # the identity's derivative needs no pre-activation
+    return be.linear_backward(dy, x, weight, bias, activation, preact=preact)
+
+
+def embedding_backward(dout, ids, num_embeddings):
+    """Gradient of an embedding lookup ``table[ids]``: ``dtable (num_embeddings, C)``.
+
+    dout (..., C) is the gradient of the looked-up rows, ids (...) their integer ids in
+    [0, num_embeddings). Row v of dtable is the sum of the dout rows whose id is v, added in
+    position order: the same bits whatever the thread count (no atomics).
+    """
+    op = "embedding_backward"
+    be = _backend.select(op, {"dout": dout, "ids": ids})
+    _check_float(op, "dout", dout, be)
+    if dout.ndim == 0:
+        raise ValueError(f"{op}: dout must have at least 1 dimension (..., C), got a scalar")
+    _check_int_array(op, "ids", ids, _shape(dout)[:-1])
+    if isinstance(num_embeddings, bool) or not isinstance(num_embeddings, numbers.Integral) or num_embeddings < 1:
+        raise ValueError(f"{op}: num_embeddings must be a positive int, got {num_embeddings!r}")
+    num_embeddings = int(num_embeddings)
+    if dout.shape[-1] == 0:
+        raise ValueError(f"{op}: dout has an empty last dimension, shape {_shape(dout)}")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_embeddings):
+        raise ValueError(f"{op}: ids must lie in [0, {num_embeddings}) (num_embeddings), got min {int(ids.min())} "
+                         f"max {int(ids.max())}")
+    return be.embedding_backward(dout, ids, num_embeddings)
+
+
+def cross_entropy(logits, targets, ignore_index=-1, *, return_grad=False):
+    """Mean cross-entropy of ``logits (..., V)`` against integer ``targets (...)``, fused.
+
+    loss = mean over the rows whose target != ignore_index of ``logsumexp(row) - row[target]``.
+    With ``return_grad=True`` returns ``(loss, dlogits)``: dlogits = (softmax(row) - onehot) /
+    n_valid, 0 on ignored rows, computed in the same pass over each row (no second (N, V) buffer).
+    loss is a 0-d array (float64 for float64 logits, else float32). Every target ignored: loss 0
+    and zero gradients (PyTorch gives NaN). A row with NaN or +inf logits gives NaN; a target whose
+    logit is -inf gives +inf.
+    """
+    op = "cross_entropy"
+    be = _backend.select(op, {"logits": logits, "targets": targets})
+    _check_float(op, "logits", logits, be)
+    if logits.ndim == 0:
+        raise ValueError(f"{op}: logits must have at least 1 dimension (..., V), got a scalar")
+    _check_nonempty(op, "logits", logits)
+    _check_int_array(op, "targets", targets, _shape(logits)[:-1])
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
+    ignore_index = int(ignore_index)
+    V = logits.shape[-1]
+    if targets.size:
+        bad = (targets != ignore_index) & ((targets < 0) | (targets >= V))
+        if bool(bad.any()):
+            first = targets[bad].reshape(-1)[0]
+            raise ValueError(f"{op}: targets must lie in [0, {V}) (logits {_shape(logits)}) or equal ignore_index "
+                             f"{ignore_index}, got {int(first)}")
+    return be.cross_entropy(logits, targets, ignore_index, return_grad=bool(return_grad))

@@ -105,8 +105,11 @@ def softmax(x, mask=None, causal=None, scale=1.0, out=None):
 
 
 @_quiet
-def layer_norm(x, weight=None, bias=None, eps=1e-5, out=None):
-    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance)."""
+def layer_norm(x, weight=None, bias=None, eps=1e-5, out=None, return_stats=False):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance).
+
+    return_stats: also return mean and rstd = 1 / sqrt(var + eps), x.shape[:-1] (stats_dtype).
+    """
     x64 = x.astype(np.float64)
     mean = x64.mean(axis=-1, keepdims=True)
     var = ((x64 - mean) ** 2).mean(axis=-1, keepdims=True)
@@ -115,7 +118,11 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, out=None):
         y = y * weight.astype(np.float64)
     if bias is not None:
         y = y + bias.astype(np.float64)
-    return _emit(y, x.dtype, out)
+    y = _emit(y, x.dtype, out)
+    if not return_stats:
+        return y
+    sd = stats_dtype(x.dtype)
+    return y, mean[..., 0].astype(sd), (1.0 / np.sqrt(var[..., 0] + eps)).astype(sd)
 
 
 def _gelu64(x64, approximate):
@@ -145,12 +152,13 @@ def _activate(y, activation):
 
 
 @_quiet
-def linear(x, weight, bias=None, activation=None, out=None):
-    """activation(x @ weight + bias), weight (in, out)."""
+def linear(x, weight, bias=None, activation=None, out=None, return_preact=False):
+    """activation(x @ weight + bias), weight (in, out); return_preact: also x @ weight + bias."""
     y = x.astype(np.float64) @ weight.astype(np.float64)
     if bias is not None:
         y = y + bias.astype(np.float64)
-    return _emit(_activate(y, activation), x.dtype, out)
+    out = _emit(_activate(y, activation), x.dtype, out)
+    return (out, out if activation is None else y.astype(x.dtype)) if return_preact else out
 
 
 @_quiet
@@ -202,3 +210,137 @@ def _emit(y64, dtype, out):
         return y64.astype(dtype)
     out[...] = y64
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# backward: the gradients of the ops above (and the fused cross-entropy), in float64
+#
+# Each takes the upstream gradient first (dy, dout) and what the forward saw. The conventions
+# every backend shares:
+# - layer norm: dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy * weight, xhat = (x - mean) rstd;
+#   dweight = sum over rows of dy * xhat, dbias = sum over rows of dy. Saved stats, when given,
+#   are used as they are (so a backend and the oracle start from the same numbers).
+# - softmax: dx = scale * y * (dy - sum(dy * y)); where y == 0 (masked, or underflowed) dx is
+#   exactly 0 and dy is ignored there, even when it is NaN/Inf.
+# - gelu: the derivative of the forward's form; ReLU's is 1 for x > 0, 0 for x <= 0, NaN for NaN.
+# - linear: g = dy * activation'(preact); dx = g weight^T, dweight = x^T g, dbias = column sums of g.
+# - embedding: dtable[v] = sum of dout rows whose id is v (rows with no id are 0).
+# - cross_entropy: mean over the rows whose target is not ignore_index of lse - x[target]
+#   (+inf when x[target] = -inf); dlogits = (softmax - onehot) / n_valid on those rows, 0 on the
+#   ignored ones (whatever they hold). A row holding NaN or +inf logits gives NaN (loss and its
+#   gradient row). Every target ignored: loss 0, dlogits 0 (PyTorch returns NaN there).
+
+_GELU_A = np.sqrt(2.0 / np.pi)
+_GELU_C = 0.044715
+# Past |x| ~ 30 the derivative's second term is exactly 0 in float64 (the sigmoid or the Gaussian
+# underflows); clipping x there first keeps x^3 * 0 from becoming inf * 0 = NaN at |x| -> inf.
+_GRAD_CLIP = 1e4
+
+
+def stats_dtype(dtype):
+    """dtype of saved statistics (layer norm mean/rstd, cross-entropy loss): float64 for float64
+    inputs, else float32 (as attention's lse)."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def _gelu_grad64(x64, approximate):
+    xc = np.clip(x64, -_GRAD_CLIP, _GRAD_CLIP)
+    if approximate == "tanh":
+        # d/dx x sigmoid(2u) = s + x s (1 - s) 2u', with 1 - s = sigmoid(-2u) (no cancellation)
+        u = _GELU_A * (x64 + _GELU_C * x64**3)
+        s, sm = special.expit(2.0 * u), special.expit(-2.0 * u)
+        return s + 2.0 * _GELU_A * xc * (1.0 + 3.0 * _GELU_C * xc * xc) * s * sm
+    # d/dx x Phi(x) = Phi(x) + x phi(x)
+    return 0.5 * special.erfc(-x64 / np.sqrt(2.0)) + xc * np.exp(-0.5 * xc * xc) / np.sqrt(2.0 * np.pi)
+
+
+def _act_backward64(dy64, pre64, activation):
+    """dy * activation'(pre), float64."""
+    if activation is None:
+        return dy64
+    if activation == "relu":
+        return np.where(pre64 > 0, dy64, np.where(np.isnan(pre64), pre64, 0.0))
+    return dy64 * _gelu_grad64(pre64, "tanh" if activation == "gelu_tanh" else "none")
+
+
+@_quiet
+def layer_norm_backward(dy, x, weight=None, bias=None, eps=1e-5, mean=None, rstd=None):
+    """(dx, dweight or None, dbias or None) of layer_norm; mean/rstd (x.shape[:-1]) or recomputed."""
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    C = x.shape[-1]
+    if mean is None:
+        mean64 = x64.mean(axis=-1, keepdims=True)
+        rstd64 = 1.0 / np.sqrt(((x64 - mean64) ** 2).mean(axis=-1, keepdims=True) + eps)
+    else:
+        mean64, rstd64 = mean.astype(np.float64)[..., None], rstd.astype(np.float64)[..., None]
+    xhat = (x64 - mean64) * rstd64
+    g = dy64 if weight is None else dy64 * weight.astype(np.float64)
+    dx = rstd64 * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    dw = None if weight is None else (dy64 * xhat).reshape(-1, C).sum(axis=0).astype(weight.dtype)
+    db = None if bias is None else dy64.reshape(-1, C).sum(axis=0).astype(bias.dtype)
+    return dx.astype(x.dtype), dw, db
+
+
+@_quiet
+def gelu_backward(dy, x, approximate="tanh"):
+    """dy * gelu'(x) for the tanh or the erf ("none") form."""
+    return (dy.astype(np.float64) * _gelu_grad64(x.astype(np.float64), approximate)).astype(x.dtype)
+
+
+@_quiet
+def softmax_backward(dy, y, scale=1.0):
+    """dx of y = softmax(scale * x) over the last axis, from y; 0 (and dy ignored) where y == 0."""
+    y64, dy64 = y.astype(np.float64), dy.astype(np.float64)
+    hidden = y64 == 0
+    s = np.where(hidden, 0.0, dy64 * y64).sum(axis=-1, keepdims=True)
+    return np.where(hidden, 0.0, scale * y64 * (dy64 - s)).astype(y.dtype)
+
+
+@_quiet
+def linear_backward(dy, x, weight, bias=None, activation=None, preact=None):
+    """(dx, dweight, dbias or None) of linear; dweight has weight's memory order (C or Fortran)."""
+    K, N = weight.shape
+    g = _act_backward64(dy.astype(np.float64), None if preact is None else preact.astype(np.float64), activation)
+    g2 = g.reshape(-1, N)
+    dx = (g2 @ weight.astype(np.float64).T).reshape(x.shape[:-1] + (K,)).astype(x.dtype)
+    order = "F" if weight.flags.f_contiguous and not weight.flags.c_contiguous else "C"
+    dw = np.asarray(x.astype(np.float64).reshape(-1, K).T @ g2, order=order).astype(weight.dtype, order=order)
+    db = None if bias is None else g2.sum(axis=0).astype(bias.dtype)
+    return dx, dw, db
+
+
+@_quiet
+def embedding_backward(dout, ids, num_embeddings):
+    """dtable (V, C): the sum of the rows of dout (..., C) at each id (ids (...), in [0, V))."""
+    C = dout.shape[-1]
+    d = np.zeros((num_embeddings, C), dtype=np.float64)
+    np.add.at(d, np.asarray(ids, dtype=np.int64).reshape(-1), dout.astype(np.float64).reshape(-1, C))
+    return d.astype(dout.dtype)
+
+
+@_quiet
+def cross_entropy(logits, targets, ignore_index=-1, return_grad=False):
+    """Mean cross-entropy of logits (..., V) against integer targets (...); see the conventions above.
+
+    Returns loss (0-d, stats_dtype) or (loss, dlogits) with dlogits like logits.
+    """
+    V = logits.shape[-1]
+    x = logits.astype(np.float64).reshape(-1, V)
+    t = np.asarray(targets).reshape(-1).astype(np.int64)
+    valid = t != ignore_index
+    n_valid = int(valid.sum())
+    rows = np.arange(x.shape[0])
+    bad = (np.isnan(x) | (x == np.inf)).any(axis=-1)  # NaN or +inf: the row is NaN
+    p, lse = _softmax_lse(np.where(bad[:, None], 0.0, x))
+    xt = x[rows, np.where(valid, t, 0)]
+    loss_r = np.where(xt == -np.inf, np.inf, lse - xt)
+    loss_r = np.where(bad, np.nan, loss_r)
+    loss = np.where(valid, loss_r, 0.0).sum() / max(n_valid, 1)
+    loss = np.asarray(loss, dtype=stats_dtype(logits.dtype))
+    if not return_grad:
+        return loss
+    onehot = np.zeros_like(x)
+    onehot[rows[valid], t[valid]] = 1.0
+    g = np.where(bad[:, None], np.nan, p - onehot) / max(n_valid, 1)
+    g = np.where(valid[:, None], g, 0.0)
+    return loss, g.reshape(logits.shape).astype(logits.dtype)

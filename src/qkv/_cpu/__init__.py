@@ -9,10 +9,11 @@ and calls the kernel with the GIL released, on ``qkv.get_num_threads()`` threads
 import numpy as np
 
 from qkv import _config
-from qkv._cpu._activation import bias_act_rows
-from qkv._cpu._layernorm import layernorm_rows
-from qkv._cpu._linear import linear_rows
-from qkv._cpu._softmax import softmax_rows
+from qkv._cpu._activation import act_backward_rows, bias_act_rows
+from qkv._cpu._embedding import embedding_backward_rows
+from qkv._cpu._layernorm import layernorm_backward_rows, layernorm_rows
+from qkv._cpu._linear import linear_backward_rows, linear_rows
+from qkv._cpu._softmax import cross_entropy_rows, softmax_backward_rows, softmax_rows
 
 NAME = "cpu"
 ARRAY_KIND = "numpy"
@@ -72,12 +73,15 @@ def softmax(x, mask=None, causal=None, scale=1.0, out=None):
     return y
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5, out=None):
+def layer_norm(x, weight=None, bias=None, eps=1e-5, out=None, return_stats=False):
     y = _result(out, x.shape, x.dtype)
     w = None if weight is None else np.ascontiguousarray(weight)
     b = None if bias is None else np.ascontiguousarray(bias)
-    layernorm_rows(y.reshape(-1, x.shape[-1]), _rows(x), w, b, eps, _config.simd_level(), _config.get_num_threads())
-    return y
+    mean = np.empty(x.shape[:-1], x.dtype) if return_stats else None  # stats in x's dtype (float32/float64)
+    rstd = np.empty(x.shape[:-1], x.dtype) if return_stats else None
+    layernorm_rows(y.reshape(-1, x.shape[-1]), _rows(x), w, b, None if mean is None else mean.reshape(-1),
+                   None if rstd is None else rstd.reshape(-1), eps, _config.simd_level(), _config.get_num_threads())
+    return (y, mean, rstd) if return_stats else y
 
 
 def gelu(x, approximate="tanh", out=None):
@@ -89,7 +93,7 @@ def gelu(x, approximate="tanh", out=None):
     return y
 
 
-def linear(x, weight, bias=None, activation=None, out=None):
+def linear(x, weight, bias=None, activation=None, out=None, return_preact=False):
     if max(x.size // x.shape[-1], weight.shape[0], weight.shape[1]) >= 2**31:
         raise ValueError(f"linear: dimensions of x {x.shape} / weight {weight.shape} exceed the BLAS int32 range")
     w = weight
@@ -97,9 +101,91 @@ def linear(x, weight, bias=None, activation=None, out=None):
         w = np.ascontiguousarray(w)
     b = None if bias is None else np.ascontiguousarray(bias)
     y = _result(out, x.shape[:-1] + (weight.shape[1],), x.dtype)
+    if return_preact and activation is not None:
+        # the GEMM + bias into preact, then the activation from it: one more pass, no copy of x@W
+        pre = np.empty(y.shape, x.dtype)
+        linear_rows(pre.reshape(-1, weight.shape[1]), _rows(x), w, b, ACTIVATION_CODES[None],
+                    _config.simd_level(), _config.get_num_threads())
+        bias_act_rows(y.reshape(-1, weight.shape[1]), pre.reshape(-1, weight.shape[1]), None,
+                      ACTIVATION_CODES[activation], _config.simd_level(), _config.get_num_threads())
+        return y, pre
     linear_rows(y.reshape(-1, weight.shape[1]), _rows(x), w, b, ACTIVATION_CODES[activation],
                 _config.simd_level(), _config.get_num_threads())
-    return y
+    return (y, y) if return_preact else y
+
+
+
+# ---------------------------------------------------------------------------------------------
+# backward ops (arguments validated by qkv._ops); results are fresh C-contiguous arrays
+
+
+def layer_norm_backward(dy, x, weight=None, bias=None, eps=1e-5, mean=None, rstd=None):
+    C = x.shape[-1]
+    dx = np.empty(x.shape, x.dtype)
+    dw = None if weight is None else np.empty(C, x.dtype)
+    db = None if bias is None else np.empty(C, x.dtype)
+    w = None if weight is None else np.ascontiguousarray(weight)
+    m = None if mean is None else np.ascontiguousarray(mean, dtype=x.dtype).reshape(-1)
+    r = None if rstd is None else np.ascontiguousarray(rstd, dtype=x.dtype).reshape(-1)
+    layernorm_backward_rows(dx.reshape(-1, C), dw, db, _rows(dy), _rows(x), w, m, r, eps, _config.simd_level(),
+                            _config.get_num_threads())
+    return dx, dw, db
+
+
+def gelu_backward(dy, x, approximate="tanh"):
+    dx = np.empty(x.shape, x.dtype)
+    n = x.shape[-1] if x.ndim else 1
+    act = ACTIVATION_CODES["gelu_tanh" if approximate == "tanh" else "gelu"]
+    act_backward_rows(dx.reshape(-1, n), _rows(dy.reshape(-1, n)), _rows(x.reshape(-1, n)), act,
+                      _config.simd_level(), _config.get_num_threads())
+    return dx
+
+
+def softmax_backward(dy, y, scale=1.0):
+    dx = np.empty(y.shape, y.dtype)
+    n = y.shape[-1]
+    softmax_backward_rows(dx.reshape(-1, n), _rows(dy), _rows(y), scale, _config.simd_level(),
+                          _config.get_num_threads())
+    return dx
+
+
+def linear_backward(dy, x, weight, bias=None, activation=None, preact=None):
+    K, N = weight.shape
+    if max(x.size // K, K, N) >= 2**31:
+        raise ValueError(f"linear_backward: dimensions of x {x.shape} / weight {weight.shape} exceed the BLAS "
+                         "int32 range")
+    w = weight
+    if not (w.flags.c_contiguous or w.flags.f_contiguous):
+        w = np.ascontiguousarray(w)
+    fortran = w.flags.f_contiguous and not w.flags.c_contiguous
+    dx = np.empty(x.shape, x.dtype)
+    dw = np.empty((K, N), x.dtype, order="F" if fortran else "C")
+    db = None if bias is None else np.empty(N, x.dtype)
+    act = ACTIVATION_CODES[activation]
+    g = np.empty((dx.size // K, N), x.dtype) if act else None  # dy * act'(preact)
+    linear_backward_rows(dx.reshape(-1, K), dw, db, g, _rows(dy), _rows(x), w, None if preact is None else _rows(preact),
+                         act, _config.simd_level(), _config.get_num_threads())
+    return dx, dw, db
+
+
+def embedding_backward(dout, ids, num_embeddings):
+    C = dout.shape[-1]
+    dtable = np.empty((num_embeddings, C), dout.dtype)
+    embedding_backward_rows(dtable, _rows(dout), np.ascontiguousarray(ids, dtype=np.int64).reshape(-1),
+                            _config.simd_level(), _config.get_num_threads())
+    return dtable
+
+
+def cross_entropy(logits, targets, ignore_index=-1, return_grad=False):
+    V = logits.shape[-1]
+    t = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
+    n_valid = int(np.count_nonzero(t != ignore_index))
+    losses = np.empty(t.shape[0], np.float64)  # per row; summed below in a fixed order
+    dx = np.empty(logits.shape, logits.dtype) if return_grad else None
+    cross_entropy_rows(_rows(logits), t, losses, None if dx is None else dx.reshape(-1, V), ignore_index,
+                       1.0 / max(n_valid, 1), _config.simd_level(), _config.get_num_threads())
+    loss = np.asarray(losses.sum() / max(n_valid, 1), dtype=np.float64 if logits.dtype == np.float64 else np.float32)
+    return (loss, dx) if return_grad else loss
 
 
 from qkv._cpu.attention import attention  # noqa: E402

@@ -6,3 +6,7 @@ cdef extern from "activation.h" nogil:
                          int n_threads)
     int qkv_bias_act_f64(double* out, const double* x, const double* bias, int64_t R, int64_t N, int act,
                          int simd, int n_threads)
+    int qkv_act_backward_f32(float* dx, float* dbias, const float* dy, const float* x, int64_t R, int64_t N,
+                             int act, int simd, int n_threads)
+    int qkv_act_backward_f64(double* dx, double* dbias, const double* dy, const double* x, int64_t R, int64_t N,
+                             int act, int simd, int n_threads)

@@ -26,3 +26,23 @@ def bias_act_rows(floating[:, ::1] out,      # OUT (R, N); may be x itself
             status = qkv_bias_act_f64(&out[0, 0], &x[0, 0], bp, R, N, act, simd, n_threads)
     if status != 0:
         raise ValueError(f"qkv_bias_act failed with status {status}")
+
+
+def act_backward_rows(floating[:, ::1] dx,         # OUT (R, N)
+                      const floating[:, ::1] dy,   # IN  (R, N)
+                      const floating[:, ::1] x,    # IN  (R, N): the activation's input
+                      int act, int simd, int n_threads):
+    """dx = dy * act'(x) (qkv.gelu_backward)."""
+    cdef int64_t R = x.shape[0], N = x.shape[1]
+    cdef int status
+    if dx.shape[0] != R or dx.shape[1] != N or dy.shape[0] != R or dy.shape[1] != N:
+        raise ValueError("act_backward_rows: shape mismatch")
+    if R == 0:
+        return
+    with nogil:
+        if floating is float:
+            status = qkv_act_backward_f32(&dx[0, 0], NULL, &dy[0, 0], &x[0, 0], R, N, act, simd, n_threads)
+        else:
+            status = qkv_act_backward_f64(&dx[0, 0], NULL, &dy[0, 0], &x[0, 0], R, N, act, simd, n_threads)
+    if status != 0:
+        raise ValueError(f"qkv_act_backward failed with status {status}")

@@ -8,11 +8,15 @@
 # One row (M == 1, a decode step) goes to sgemv/dgemv instead: OpenBLAS's GEMM with a unit
 # dimension reads the weight at a fraction of memory bandwidth (1.4 ms vs 0.36 ms for 768x2304).
 # The bias + activation epilogue then runs in place on the output (csrc/activation.c).
+#
+# Backward (linear_backward_rows): one fused pass over the pre-activation gives g = dy * act'(pre)
+# and the column sums db (csrc/activation.c, deterministic), then two GEMMs: dx = g W^T and
+# dW = x^T g, each again by choosing BLAS operand orders, never by transposing a copy.
 from cython cimport floating
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
-from qkv._cpu._activation cimport qkv_bias_act_f32, qkv_bias_act_f64
+from qkv._cpu._activation cimport qkv_bias_act_f32, qkv_bias_act_f64, qkv_act_backward_f32, qkv_act_backward_f64
 
 
 def linear_rows(floating[:, ::1] out,         # OUT (M, N)
@@ -68,3 +72,95 @@ def linear_rows(floating[:, ::1] out,         # OUT (M, N)
                 status = qkv_bias_act_f64(&out[0, 0], &out[0, 0], bp, M, N, act, simd, n_threads)
     if status != 0:
         raise ValueError(f"qkv_bias_act failed with status {status}")
+
+
+cdef int _weight_layout(const floating[:, :] w, int K, int N, char* trans, int* ld) except -1:
+    """BLAS view of a (K, N) weight: row-major -> (b'N', row stride); column-major -> (b'T', column stride).
+
+    trans is what linear_rows passes for the forward product x @ W in the swapped column-major form.
+    """
+    cdef int itemsize = sizeof(floating)
+    if w.strides[1] == itemsize and w.strides[0] % itemsize == 0 and w.strides[0] >= N * itemsize:
+        trans[0] = b'N'
+        ld[0] = max(w.strides[0] // itemsize, 1)
+    elif w.strides[0] == itemsize and w.strides[1] % itemsize == 0 and w.strides[1] >= K * itemsize:
+        trans[0] = b'T'
+        ld[0] = max(w.strides[1] // itemsize, 1)
+    else:
+        raise ValueError("linear: weight must be row- or column-contiguous")
+    return 0
+
+
+def linear_backward_rows(floating[:, ::1] dx,        # OUT  (M, K)
+                         floating[:, :] dw,          # OUT  (K, N), C- or F-contiguous (as the weight)
+                         floating[::1] db,           # OUT  (N,) or None
+                         floating[:, ::1] g,         # WORK (M, N): dy * act'(pre); None when act == 0
+                         const floating[:, ::1] dy,  # IN   (M, N)
+                         const floating[:, ::1] x,   # IN   (M, K)
+                         const floating[:, :] w,     # IN   (K, N), row- or column-major
+                         const floating[:, ::1] pre, # IN   (M, N) pre-activation, or None when act == 0
+                         int act, int simd, int n_threads):
+    cdef int M = x.shape[0], K = x.shape[1], N = w.shape[1]
+    cdef int itemsize = sizeof(floating)
+    cdef char tw, tn = b'N', tt = b'T'
+    cdef int ldw
+    cdef floating alpha = 1, beta = 0
+    cdef floating* dbp = NULL
+    cdef const floating* gp
+    cdef int status = 0
+    cdef bint dw_fortran
+    if w.shape[0] != K or dy.shape[0] != M or dy.shape[1] != N or dx.shape[0] != M or dx.shape[1] != K:
+        raise ValueError("linear_backward_rows: shape mismatch")
+    if dw.shape[0] != K or dw.shape[1] != N:
+        raise ValueError("linear_backward_rows: dw shape mismatch")
+    _weight_layout(w, K, N, &tw, &ldw)
+    if dw.strides[1] == itemsize and dw.strides[0] == N * itemsize:
+        dw_fortran = False
+    elif dw.strides[0] == itemsize and dw.strides[1] == K * itemsize:
+        dw_fortran = True
+    else:
+        raise ValueError("linear_backward_rows: dw must be C- or F-contiguous")
+    if db is not None:
+        if db.shape[0] != N:
+            raise ValueError("linear_backward_rows: db length mismatch")
+        dbp = &db[0]
+    if act != 0 and (g is None or pre is None or g.shape[0] != M or g.shape[1] != N
+                     or pre.shape[0] != M or pre.shape[1] != N):
+        raise ValueError("linear_backward_rows: an activation needs g and pre of shape (M, N)")
+    if M == 0:
+        return
+    # BLAS: dx^T (K, M) = op(W) (K, N) @ g^T (N, M): the weight's forward trans flag, flipped
+    tw = b'T' if tw == b'N' else b'N'
+    with nogil:
+        if floating is float:
+            if act != 0:
+                status = qkv_act_backward_f32(&g[0, 0], dbp, &dy[0, 0], &pre[0, 0], M, N, act, simd, n_threads)
+                gp = &g[0, 0]
+            else:
+                gp = &dy[0, 0]
+                if dbp != NULL:
+                    status = qkv_act_backward_f32(NULL, dbp, &dy[0, 0], NULL, M, N, 0, simd, n_threads)
+            if status == 0:
+                sgemm(&tw, &tn, &K, &M, &N, &alpha, <float*>&w[0, 0], &ldw, <float*>gp, &N, &beta, &dx[0, 0], &K)
+                if dw_fortran:  # dW (K, N) column-major = x^T g
+                    sgemm(&tn, &tt, &K, &N, &M, &alpha, <float*>&x[0, 0], &K, <float*>gp, &N, &beta, &dw[0, 0], &K)
+                else:           # dW^T (N, K) column-major = g^T x
+                    sgemm(&tn, &tt, &N, &K, &M, &alpha, <float*>gp, &N, <float*>&x[0, 0], &K, &beta, &dw[0, 0], &N)
+        else:
+            if act != 0:
+                status = qkv_act_backward_f64(&g[0, 0], dbp, &dy[0, 0], &pre[0, 0], M, N, act, simd, n_threads)
+                gp = &g[0, 0]
+            else:
+                gp = &dy[0, 0]
+                if dbp != NULL:
+                    status = qkv_act_backward_f64(NULL, dbp, &dy[0, 0], NULL, M, N, 0, simd, n_threads)
+            if status == 0:
+                dgemm(&tw, &tn, &K, &M, &N, &alpha, <double*>&w[0, 0], &ldw, <double*>gp, &N, &beta, &dx[0, 0], &K)
+                if dw_fortran:
+                    dgemm(&tn, &tt, &K, &N, &M, &alpha, <double*>&x[0, 0], &K, <double*>gp, &N, &beta, &dw[0, 0], &K)
+                else:
+                    dgemm(&tn, &tt, &N, &K, &M, &alpha, <double*>gp, &N, <double*>&x[0, 0], &K, &beta, &dw[0, 0], &N)
+    if status == -1:
+        raise MemoryError("qkv_act_backward: out of memory")
+    if status != 0:
+        raise ValueError(f"qkv_act_backward failed with status {status}")

@@ -1,0 +1,513 @@
+"""Backward of the row ops: layer_norm_backward, gelu_backward, softmax_backward, linear_backward,
+embedding_backward, on every backend and SIMD level.
+
+Two checks for each: the float64 reference backward against central finite differences of the
+float64 reference forward (so the oracle itself is verified), and every backend against that
+reference with a bound derived from the computation (the README's accuracy table quotes them).
+Also: every option, adversarial rows, inputs never modified, read-only and strided inputs, and the
+same bits for 1 and 2 threads.
+"""
+
+import numpy as np
+import pytest
+from conftest import adversarial_rows
+
+import qkv
+from qkv import _reference as ref
+
+RNG = np.random.default_rng
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def fd_grad(loss, a, h=1e-6):
+    """Central differences of the scalar loss() with respect to every element of a (float64, in place)."""
+    g = np.zeros_like(a, dtype=np.float64)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        up = loss()
+        flat[i] = old - h
+        down = loss()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * h)
+    return g
+
+
+def assert_fd(analytic, numeric, what):
+    """A float64 analytic gradient against central differences (truncation ~h^2, rounding ~1e-10)."""
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7, err_msg=what)
+
+
+def assert_bound(got, want, bound, what=""):
+    """|got - want| <= bound elementwise (bound in float64); NaN positions must agree."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape, what)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"NaN positions {what}")
+    ok = ~np.isnan(want)
+    inf = np.isinf(want) & ok
+    np.testing.assert_array_equal(got[inf], want[inf], err_msg=f"infinities {what}")
+    fin = ok & ~inf
+    err = np.abs(got[fin] - want[fin])
+    b = np.broadcast_to(bound, want.shape)[fin]
+    if not np.all(err <= b):
+        i = np.argmax(err / np.maximum(b, 1e-300))
+        raise AssertionError(f"{what}: {np.sum(err > b)} elements beyond the bound; worst err {err[i]:.3e} "
+                             f"vs bound {b[i]:.3e}")
+
+
+def eps(dtype):
+    return float(np.finfo(dtype).eps)
+
+
+def frozen(a):
+    a = np.array(a, copy=True)
+    a.flags.writeable = False
+    return a
+
+
+@pytest.fixture
+def threads():
+    yield qkv.set_num_threads
+    qkv.set_num_threads(None)
+
+
+def same_bits_for_1_and_2_threads(threads, call):
+    threads(1)
+    one = call()
+    threads(2)
+    two = call()
+    for a, b in zip(one, two):
+        if a is not None:
+            assert a.tobytes() == b.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# layer norm
+
+
+def ln_bounds(dy, x, w, mean=None, rstd=None, eps_ln=1e-5):
+    """Per-row scale S = rstd (max|g| + |mean g| + max|xhat| |mean(g xhat)|) of dx, and the column
+    sums of |dy xhat| and |dy| that bound dweight and dbias (float64)."""
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    if mean is None:
+        m = x64.mean(-1, keepdims=True)
+        r = 1 / np.sqrt(((x64 - m) ** 2).mean(-1, keepdims=True) + eps_ln)
+    else:
+        m, r = mean.astype(np.float64)[..., None], rstd.astype(np.float64)[..., None]
+    xh = (x64 - m) * r
+    g = dy64 if w is None else dy64 * w.astype(np.float64)
+    S = r * (np.abs(g).max(-1, keepdims=True) + np.abs(g.mean(-1, keepdims=True))
+             + np.abs(xh).max(-1, keepdims=True) * np.abs((g * xh).mean(-1, keepdims=True)))
+    C = x.shape[-1]
+    return S, np.abs(dy64 * xh).reshape(-1, C).sum(0), np.abs(dy64).reshape(-1, C).sum(0)
+
+
+def check_ln(dy, x, w, b, stats, what, eps_ln=1e-5):
+    mean = rstd = None
+    if stats:
+        _, mean, rstd = qkv.layer_norm(x, w, b, eps_ln, return_stats=True)
+    dx, dw, db = qkv.layer_norm_backward(dy, x, w, b, eps_ln, mean=mean, rstd=rstd)
+    rdx, rdw, rdb = ref.layer_norm_backward(dy, x, w, b, eps_ln, mean=mean, rstd=rstd)
+    S, Sw, Sb = ln_bounds(dy, x, w, mean, rstd, eps_ln)
+    e = eps(x.dtype)
+    assert dx.dtype == x.dtype and dx.shape == x.shape
+    assert_bound(dx, rdx, 16 * e * (S + np.abs(rdx)), f"dx {what}")
+    assert (dw is None) == (w is None) and (db is None) == (b is None)
+    if w is not None:
+        assert_bound(dw, rdw, 16 * e * (Sw + np.abs(rdw)), f"dweight {what}")
+    if b is not None:
+        assert_bound(db, rdb, 16 * e * (Sb + np.abs(rdb)), f"dbias {what}")
+
+
+def test_layer_norm_reference_matches_finite_differences():
+    rng = RNG(0)
+    for C in (1, 2, 7):
+        x, w, b = rng.standard_normal((3, C)) * 2 + 1, rng.standard_normal(C), rng.standard_normal(C)
+        dy = rng.standard_normal((3, C))
+        def loss():
+            return float((ref.layer_norm(x, w, b, 1e-3) * dy).sum())
+        dx, dw, db = ref.layer_norm_backward(dy, x, w, b, 1e-3)
+        assert_fd(dx, fd_grad(loss, x), f"dx C={C}")
+        assert_fd(dw, fd_grad(loss, w), f"dw C={C}")
+        assert_fd(db, fd_grad(loss, b), f"db C={C}")
+        # the saved statistics give the same gradient
+        _, m, r = ref.layer_norm(x, w, b, 1e-3, return_stats=True)
+        for a, a2 in zip((dx, dw, db), ref.layer_norm_backward(dy, x, w, b, 1e-3, mean=m, rstd=r)):
+            np.testing.assert_allclose(a, a2, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
+@pytest.mark.parametrize("stats", [True, False], ids=["stats", "recompute"])
+def test_layer_norm_adversarial(backend, simd, dtype, affine, stats):
+    rng = RNG(10)
+    for name, x in adversarial_rows(rng, dtype):
+        if not np.isfinite(x).all():
+            continue
+        C = x.shape[-1]
+        w = rng.standard_normal(C).astype(dtype) if affine in ("both", "weight") else None
+        b = rng.standard_normal(C).astype(dtype) if affine in ("both", "bias") else None
+        dy = rng.standard_normal(x.shape).astype(dtype)
+        check_ln(dy, x, w, b, stats, name)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 768), (2, 3, 384), (300, 33), (5, 1000)])
+def test_layer_norm_shapes(backend, simd, dtype, shape):
+    rng = RNG(11)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    w, b = rng.standard_normal(shape[-1]).astype(dtype), rng.standard_normal(shape[-1]).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    check_ln(dy, x, w, b, True, str(shape))
+    check_ln(dy, x, w, b, False, str(shape), eps_ln=0.1)
+
+
+def test_layer_norm_return_stats(backend, dtype):
+    x = (RNG(12).standard_normal((4, 3, 50)) * 2 + 5).astype(dtype)
+    y, mean, rstd = qkv.layer_norm(x, None, None, 1e-5, return_stats=True)
+    sd = np.float64 if dtype == np.float64 else np.float32
+    assert mean.shape == rstd.shape == (4, 3) and mean.dtype == rstd.dtype == sd
+    np.testing.assert_array_equal(y, qkv.layer_norm(x))
+    x64 = x.astype(np.float64)
+    e = eps(dtype)
+    np.testing.assert_allclose(mean, x64.mean(-1), rtol=16 * e)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(x64.var(-1) + 1e-5), rtol=64 * e)
+
+
+def test_layer_norm_nan_and_stats_errors(backend, dtype):
+    x = RNG(13).standard_normal((3, 9)).astype(dtype)
+    dy = np.ones_like(x)
+    x[1, 2] = np.nan
+    dx, dw, db = qkv.layer_norm_backward(dy, x, np.ones(9, dtype), np.ones(9, dtype))
+    assert np.isnan(dx[1]).all() and not np.isnan(dx[[0, 2]]).any()
+    assert np.isnan(dw).all() and not np.isnan(db).any()  # xhat of row 1 is NaN; dbias is sum(dy)
+    with pytest.raises(ValueError, match="both mean and rstd"):
+        qkv.layer_norm_backward(dy, x, mean=np.zeros(3, dtype))
+    with pytest.raises(ValueError, match=r"mean must be a float array of shape \(3,\)"):
+        qkv.layer_norm_backward(dy, x, mean=np.zeros(4, dtype), rstd=np.zeros(4, dtype))
+    with pytest.raises(ValueError, match=r"dy has shape \(3, 8\) but x has shape \(3, 9\)"):
+        qkv.layer_norm_backward(dy[:, :8], x)
+    with pytest.raises(TypeError, match="dy has dtype"):
+        qkv.layer_norm_backward(dy.astype(np.float16), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# GELU
+
+
+def gelu_bound(dy, x, approximate):
+    """16 eps kappa |dy| (|first term| + |second term|) + floor: the two terms of the derivative may
+    cancel (gelu' has a zero near x = -0.75), and in the far negative tail the result moves by ~kappa
+    ulp per ulp of rounding inside exp (kappa = 1 + |2u| for tanh, 1 + x^2/2 for erf), as in the forward."""
+    x64 = np.clip(x.astype(np.float64), -1e4, 1e4)
+    from scipy import special
+
+    if approximate == "tanh":
+        u = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)
+        s, sm = special.expit(2 * u), special.expit(-2 * u)
+        mag = s + np.abs(2 * np.sqrt(2 / np.pi) * x64 * (1 + 3 * 0.044715 * x64**2) * s * sm)
+        kappa = 1 + np.abs(2 * u)
+    else:
+        mag = 0.5 * special.erfc(-x64 / np.sqrt(2)) + np.abs(x64) * np.exp(-0.5 * x64**2) / np.sqrt(2 * np.pi)
+        kappa = 1 + x64**2 / 2
+    floor = 1e-300 if x.dtype == np.float64 else 1e-30
+    return 16 * eps(x.dtype) * kappa * np.abs(dy.astype(np.float64)) * mag + floor
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_gelu_reference_matches_finite_differences(approximate):
+    x = np.concatenate([np.linspace(-8, 8, 161), [-0.75, 1e-8, 3.5]])
+    dy = RNG(1).standard_normal(x.shape)
+    def loss():
+        return float((ref.gelu(x, approximate) * dy).sum())
+    assert_fd(ref.gelu_backward(dy, x, approximate), fd_grad(loss, x), approximate)
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_gelu_backward_range(backend, simd, dtype, approximate):
+    """Every regime, including the limits: 1 at +inf and huge x, 0 at -inf and huge negative x."""
+    x = np.concatenate([np.linspace(-30, 30, 6001), [-1e-30, 0.0, 1e-30, 1e4, -1e4, 3e38, -3e38,
+                                                     np.inf, -np.inf, np.nan]]).astype(dtype)
+    dy = RNG(2).standard_normal(x.shape).astype(dtype)
+    got = qkv.gelu_backward(dy, x, approximate)
+    want = ref.gelu_backward(dy, x, approximate)
+    assert got.dtype == dtype
+    assert_bound(got, want, gelu_bound(dy, x, approximate), approximate)
+    ones = np.ones(6, dtype)
+    lim = qkv.gelu_backward(ones, np.array([np.inf, 1e4, 3e38, -np.inf, -1e4, -3e38], dtype), approximate)
+    np.testing.assert_array_equal(lim, [1, 1, 1, 0, 0, 0])
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_gelu_backward_adversarial(backend, simd, dtype, approximate):
+    rng = RNG(20)
+    for name, x in adversarial_rows(rng, dtype):
+        dy = rng.standard_normal(x.shape).astype(dtype)
+        got = qkv.gelu_backward(dy, x, approximate)
+        assert_bound(got, ref.gelu_backward(dy, x, approximate), gelu_bound(dy, x, approximate), name)
+    x = np.array(0.5, dtype)  # 0-d
+    np.testing.assert_allclose(qkv.gelu_backward(np.array(2.0, dtype), x, approximate),
+                               ref.gelu_backward(np.array(2.0, dtype), x, approximate), rtol=16 * eps(dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax
+
+
+def softmax_bound(dy, y, scale):
+    """32 eps |scale| y (|dy| + sum|dy y|) per element: one rounding of each factor plus the row sum."""
+    y64, dy64 = y.astype(np.float64), np.where(y == 0, 0, dy.astype(np.float64))
+    return 32 * eps(y.dtype) * abs(scale) * y64 * (np.abs(dy64) + np.abs(dy64 * y64).sum(-1, keepdims=True))
+
+
+def test_softmax_reference_matches_finite_differences():
+    rng = RNG(3)
+    x = rng.standard_normal((2, 4, 6))
+    dy = rng.standard_normal(x.shape)
+    mask = rng.random((4, 6)) < 0.7
+    mask[1] = False  # a fully masked row: zero gradient
+    for kw in ({}, {"scale": 0.3}, {"mask": mask, "causal": "top_left"}, {"causal": "bottom_right", "scale": -2.0}):
+        y = ref.softmax(x, **kw)
+        def loss():
+            return float((ref.softmax(x, **kw) * dy).sum())
+        dx = ref.softmax_backward(dy, y, kw.get("scale", 1.0))
+        assert_fd(dx, fd_grad(loss, x), str(kw))
+        assert np.all(dx[y == 0] == 0)
+
+
+def test_softmax_backward_adversarial(backend, simd, dtype):
+    """y from the forward on the adversarial rows (+-1e4 logits, -inf entries, length 1, odd widths,
+    strided, read-only); masked entries get exactly 0 even where dy holds NaN/Inf."""
+    rng = RNG(30)
+    for name, x in adversarial_rows(rng, dtype):
+        for scale in (1.0, 0.125, -1.5):
+            y = qkv.softmax(x, scale=scale)
+            dy = rng.standard_normal(x.shape).astype(dtype)
+            dy[y == 0] = np.nan if name != "neg_inf" else np.inf  # never read
+            got = qkv.softmax_backward(dy, y, scale=scale)
+            want = ref.softmax_backward(dy, y, scale)
+            assert_bound(got, want, softmax_bound(dy, y, scale), f"{name} scale={scale}")
+            assert np.all(got[y == 0] == 0)
+
+
+def test_softmax_backward_masks_and_axis(backend, simd, dtype):
+    rng = RNG(31)
+    x = rng.standard_normal((2, 3, 9, 40)).astype(dtype)
+    mask = rng.random((2, 1, 9, 40)) < 0.6
+    mask[0, 0, 3] = False  # a fully masked row
+    y = qkv.softmax(x, mask=mask, causal=True, scale=0.7)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    got = qkv.softmax_backward(dy, y, scale=0.7)
+    assert_bound(got, ref.softmax_backward(dy, y, 0.7), softmax_bound(dy, y, 0.7), "masked")
+    assert np.all(got[0, :, 3] == 0) and np.all(got[y == 0] == 0)
+    # axis: the same as moving the axis last
+    y1 = qkv.softmax(x, axis=1)
+    g1 = qkv.softmax_backward(dy, y1, axis=1)
+    g_last = np.moveaxis(qkv.softmax_backward(np.moveaxis(dy, 1, -1), np.moveaxis(y1, 1, -1)), -1, 1)
+    np.testing.assert_array_equal(g1, g_last)
+    # 1-D
+    v = qkv.softmax(x[0, 0, 0])
+    assert_bound(qkv.softmax_backward(dy[0, 0, 0], v), ref.softmax_backward(dy[0, 0, 0], v),
+                 softmax_bound(dy[0, 0, 0], v, 1.0), "1-D")
+
+
+# ---------------------------------------------------------------------------------------------
+# linear
+
+
+def linear_bounds(dy, x, w, activation, preact):
+    """GEMM bounds as the forward's: 16 eps (inner dim * max|a| * max|b| + |ref|), with g = dy * act'(pre)."""
+    g = ref._act_backward64(dy.astype(np.float64), None if preact is None else preact.astype(np.float64), activation)
+    g = g.reshape(-1, w.shape[1])
+    x2 = x.astype(np.float64).reshape(-1, w.shape[0])
+    M, (K, N) = g.shape[0], w.shape
+    e = 16 * eps(x.dtype)
+    gmax = np.abs(g).max()
+    return (e * N * gmax * np.abs(w).max(), e * M * np.abs(x2).max() * gmax, e * np.abs(g).sum(0))
+
+
+@pytest.mark.parametrize("activation", [None, "gelu_tanh", "gelu", "relu"])
+def test_linear_reference_matches_finite_differences(activation):
+    rng = RNG(4)
+    x, w, b = rng.standard_normal((2, 3, 5)), rng.standard_normal((5, 4)), rng.standard_normal(4)
+    dy = rng.standard_normal((2, 3, 4))
+    def loss():
+        return float((ref.linear(x, w, b, activation) * dy).sum())
+    _, pre = ref.linear(x, w, b, activation, return_preact=True)
+    assert np.abs(pre).min() > 1e-4  # away from ReLU's kink
+    dx, dw, db = ref.linear_backward(dy, x, w, b, activation, pre)
+    assert_fd(dx, fd_grad(loss, x), "dx")
+    assert_fd(dw, fd_grad(loss, w), "dw")
+    assert_fd(db, fd_grad(loss, b), "db")
+
+
+@pytest.mark.parametrize("activation", [None, "gelu_tanh", "gelu", "relu"])
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+def test_linear_backward(backend, simd, dtype, activation, layout, with_bias):
+    rng = RNG(40)
+    for xshape, N in (((7, 33), 17), ((2, 5, 64), 130), ((1, 9), 1), ((9,), 5)):
+        K = xshape[-1]
+        x = rng.standard_normal(xshape).astype(dtype)
+        w = rng.standard_normal((K, N)).astype(dtype)
+        w = np.asfortranarray(w) if layout == "F" else w
+        b = rng.standard_normal(N).astype(dtype) if with_bias else None
+        y, pre = qkv.linear(x, w, b, activation, return_preact=True)
+        np.testing.assert_array_equal(y, qkv.linear(x, w, b, activation))
+        if activation is None:
+            assert pre is y
+        else:
+            np.testing.assert_array_equal(pre, qkv.linear(x, w, b))
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dx, dw, db = qkv.linear_backward(dy, x, w, b, activation, preact=pre)
+        rdx, rdw, rdb = ref.linear_backward(dy, x, w, b, activation, pre)
+        bx, bw, bb = linear_bounds(dy, x, w, activation, pre)
+        assert dx.shape == x.shape and dw.shape == w.shape and dx.dtype == dw.dtype == dtype
+        assert dw.flags.f_contiguous == (layout == "F" and N > 1 and K > 1) or dw.flags.c_contiguous
+        assert_bound(dx, rdx, bx + 16 * eps(dtype) * np.abs(rdx), f"dx {xshape}")
+        assert_bound(dw, rdw, bw + 16 * eps(dtype) * np.abs(rdw), f"dw {xshape}")
+        if with_bias:
+            assert_bound(db, rdb, bb, f"db {xshape}")
+        else:
+            assert db is None
+
+
+def test_linear_backward_layout_and_errors(backend, dtype):
+    rng = RNG(41)
+    x = rng.standard_normal((6, 8)).astype(dtype)
+    w_torch = rng.standard_normal((5, 8)).astype(dtype)  # PyTorch's (out, in)
+    dy = rng.standard_normal((6, 5)).astype(dtype)
+    dx, dw, _ = qkv.linear_backward(dy, x, w_torch.T)
+    assert dw.flags.f_contiguous and dw.shape == (8, 5)  # dw.T is (out, in), C-contiguous like w_torch
+    dx2, dw2, _ = qkv.linear_backward(dy, x, np.ascontiguousarray(w_torch.T))
+    np.testing.assert_allclose(dw, dw2, rtol=64 * eps(dtype), atol=64 * eps(dtype))
+    np.testing.assert_allclose(dx, dx2, rtol=64 * eps(dtype), atol=64 * eps(dtype))
+    # a strided (non-contiguous) weight is copied, and its gradient comes back C-contiguous
+    wide = rng.standard_normal((8, 10)).astype(dtype)
+    _, dws, _ = qkv.linear_backward(dy, x, wide[:, ::2])
+    assert dws.flags.c_contiguous and dws.shape == (8, 5)
+    with pytest.raises(ValueError, match="needs preact="):
+        qkv.linear_backward(dy, x, w_torch.T, None, "gelu")
+    with pytest.raises(ValueError, match=r"dy must have shape \(6, 5\)"):
+        qkv.linear_backward(dy[:, :4], x, w_torch.T)
+    with pytest.raises(ValueError, match=r"preact has shape \(6, 4\) but dy has shape \(6, 5\)"):
+        qkv.linear_backward(dy, x, w_torch.T, None, "relu", preact=dy[:, :4])
+    with pytest.raises(ValueError, match=r"bias must have shape \(5,\)"):
+        qkv.linear_backward(dy, x, w_torch.T, np.zeros(4, dtype))
+
+
+def test_relu_backward_nan_and_kink(backend, dtype):
+    pre = np.array([[-1.0, 0.0, 2.0, np.nan]], dtype)
+    dy = np.array([[np.inf, 5.0, 3.0, 1.0]], dtype)
+    x, w = np.ones((1, 2), dtype), np.ones((2, 4), dtype)
+    g = qkv.linear_backward(dy, x, w, np.zeros(4, dtype), "relu", preact=pre)[2]
+    np.testing.assert_array_equal(g, np.array([0, 0, 3, np.nan], dtype))  # dy ignored where x <= 0
+
+
+# ---------------------------------------------------------------------------------------------
+# embedding
+
+
+def test_embedding_reference_matches_finite_differences():
+    rng = RNG(5)
+    table, ids, dout = rng.standard_normal((6, 3)), rng.integers(0, 6, size=(2, 5)), rng.standard_normal((2, 5, 3))
+    def loss():
+        return float((table[ids] * dout).sum())
+    assert_fd(ref.embedding_backward(dout, ids, 6), fd_grad(loss, table), "dtable")
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (4, 9), (2, 3, 40)])
+def test_embedding_backward(backend, simd, dtype, shape):
+    rng = RNG(50)
+    V, C = 23, 37
+    ids = rng.integers(0, V, size=shape)
+    if ids.size > 4:
+        ids.reshape(-1)[:4] = 7  # a repeated id; most of V stays unused
+    dout = rng.standard_normal(shape + (C,)).astype(dtype)
+    got = qkv.embedding_backward(dout, ids, V)
+    want = ref.embedding_backward(dout, ids, V)
+    assert got.shape == (V, C) and got.dtype == dtype
+    count = np.bincount(ids.reshape(-1), minlength=V)[:, None]
+    mass = np.zeros((V, C))
+    np.add.at(mass, ids.reshape(-1), np.abs(dout.astype(np.float64)).reshape(-1, C))
+    # a sequential sum of n terms: |err| <= n eps sum|terms| (the textbook bound, slightly loosened)
+    assert_bound(got, want, count * eps(dtype) * mass + eps(dtype) * np.abs(want), str(shape))
+    assert not got[count[:, 0] == 0].any()
+
+
+def test_embedding_backward_ids_dtypes_and_errors(backend, dtype):
+    dout = np.ones((2, 3, 4), dtype)
+    ids = np.array([[0, 1, 1], [4, 1, 0]])
+    want = ref.embedding_backward(dout, ids, 5)
+    for t in (np.int32, np.uint8, np.int16):
+        np.testing.assert_array_equal(qkv.embedding_backward(dout, ids.astype(t), 5), want)
+    np.testing.assert_array_equal(want[1], 3)
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 4\)"):
+        qkv.embedding_backward(dout, ids, 4)
+    with pytest.raises(ValueError, match=r"ids must have shape \(2, 3\)"):
+        qkv.embedding_backward(dout, ids[:, :2], 5)
+    with pytest.raises(TypeError, match="ids must be integers"):
+        qkv.embedding_backward(dout, ids.astype(np.float32), 5)
+    with pytest.raises(ValueError, match="num_embeddings must be a positive int"):
+        qkv.embedding_backward(dout, ids, 0)
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 5\)"):
+        qkv.embedding_backward(dout, -ids - 1, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# across the ops: inputs untouched, strided inputs, threads
+
+
+def test_inputs_unchanged_and_views(backend, dtype):
+    rng = RNG(60)
+    big = rng.standard_normal((6, 2 * 24)).astype(dtype)
+    x = frozen(big[::2, ::2])            # strided, read-only (3, 24)
+    dy = frozen(rng.standard_normal((3, 24)).astype(dtype))
+    w = frozen(rng.standard_normal(24).astype(dtype))
+    W = frozen(rng.standard_normal((24, 24)).astype(dtype).T)  # Fortran order
+    y = frozen(qkv.softmax(x))
+    _, pre = qkv.linear(x, W, w, "gelu", return_preact=True)
+    pre = frozen(pre)
+    _, m, r = qkv.layer_norm(x, w, w, return_stats=True)
+    m, r = frozen(m), frozen(r)
+    ids = frozen(np.array([1, 0, 1]))
+    inputs = [x, dy, w, W, y, pre, m, r, ids]
+    before = [a.tobytes() for a in inputs]
+    xc = np.ascontiguousarray(x)
+    for a, b in zip(qkv.layer_norm_backward(dy, x, w, w, mean=m, rstd=r), ref.layer_norm_backward(dy, xc, w, w, 1e-5, m, r)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(qkv.gelu_backward(dy, x), qkv.gelu_backward(np.ascontiguousarray(dy), xc))
+    np.testing.assert_array_equal(qkv.softmax_backward(dy, y), qkv.softmax_backward(dy, np.ascontiguousarray(y)))
+    got = qkv.linear_backward(dy, x, W, w, "gelu", preact=pre)
+    for a, b in zip(got, qkv.linear_backward(dy, xc, W, w, "gelu", preact=np.ascontiguousarray(pre))):
+        np.testing.assert_array_equal(a, b)
+    qkv.embedding_backward(dy, ids, 2)
+    assert [a.tobytes() for a in inputs] == before
+
+
+def test_same_bits_for_one_and_two_threads(threads):
+    """Above every parallel threshold; dweight/dbias/db and the embedding scatter are reductions over
+    rows, the rest is row-parallel. linear's dx and dweight are the BLAS's GEMMs, whose bits depend on
+    its thread count (OpenBLAS: they do), as for qkv.linear: only its db is ours to compare."""
+    rng = RNG(70)
+    R, C = 333, 257
+    x = rng.standard_normal((R, C)).astype(np.float32)
+    dy = rng.standard_normal((R, C)).astype(np.float32)
+    w = rng.standard_normal(C).astype(np.float32)
+    W = rng.standard_normal((C, 190)).astype(np.float32)
+    dyl = rng.standard_normal((R, 190)).astype(np.float32)
+    _, pre = qkv.linear(x, W, w[:190], "gelu_tanh", return_preact=True)
+    y = qkv.softmax(x)
+    ids = rng.integers(0, 50, size=R)
+    for call in (
+        lambda: qkv.layer_norm_backward(dy, x, w, w),
+        lambda: (qkv.gelu_backward(dy, x), qkv.gelu_backward(dy, x, "none")),
+        lambda: (qkv.softmax_backward(dy, y, scale=0.5),),
+        lambda: qkv.linear_backward(dyl, x, W, w[:190], "gelu_tanh", preact=pre)[2:],
+        lambda: qkv.linear_backward(dyl, x, W, w[:190])[2:],
+        lambda: (qkv.embedding_backward(dy, ids, 50),),
+    ):
+        same_bits_for_1_and_2_threads(threads, call)
