@@ -7,7 +7,7 @@ and qkv's bottom-right coincide), then decode (Lq = 1 against Lk keys; torch wit
 qkv and torch are timed alternately in one process (median of --repeat calls after a warm-up, each
 writing into a preallocated output where the API allows it). GFLOP/s use the FlashAttention
 convention, 4*B*H*Lq*Lk*D, halved for causal. The same run measures
-- the FMA peak (benchmarks/dev/fma_peak.c: 24 chains of AVX-512 FMAs per thread), before and after,
+- the FMA peak at qkv's SIMD level (csrc/fma_peak.c, through qkv._bench.fma_peak), before and after,
 - the SGEMM peak (NumPy float32 matmul 2048^3, and torch.matmul),
 so every figure has its roofline next to it. Peak extra memory at L = 8192 is measured in a fresh
 subprocess per library: the resident set (/proc/self/statm) polled every 0.2 ms during one causal
@@ -16,9 +16,7 @@ NumPy naive attention materialises the (H, L, L) scores; it runs only for L <= 2
 """
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -31,6 +29,9 @@ sys.path.insert(0, os.path.join(HERE, "dev"))
 import _build  # noqa: E402
 
 import qkv  # noqa: E402  (imported before torch: one OpenMP runtime per library, qkv's loads first)
+from qkv._bench import cpu_model, fma_peak  # noqa: E402
+
+from _report import write  # noqa: E402  (benchmarks/_report.py)
 
 try:
     import torch
@@ -181,17 +182,6 @@ def peak_memory(lib, L, threads):
     return float(res.stdout.strip().splitlines()[-1])
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def markdown(result):
     m = result["machine"]
     lines = [
@@ -258,8 +248,8 @@ def main(argv=None):
     if torch is not None:
         torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
-    fma0 = _build.fma_peak(args.threads)
-    machine = {"threads": args.threads, "cpu": cpu_name(),
+    fma0 = fma_peak(args.threads, 0.1)["gflops"]
+    machine = {"threads": args.threads, "cpu": f"{cpu_model()}, {os.cpu_count()} CPUs",
                "simd": qkv._config.simd_name(), "torch": getattr(torch, "__version__", None),
                "numpy": np.__version__, **sgemm_peak(args.threads)}
     rows = []
@@ -270,7 +260,7 @@ def main(argv=None):
     for Lk in args.decode:
         rows.append(compare(1, Lk, False, args.threads, args.repeat * 5, with_numpy=True))
         print(rows[-1], flush=True)
-    fma1 = _build.fma_peak(args.threads)
+    fma1 = fma_peak(args.threads, 0.1)["gflops"]
     machine["fma_peak_gflops"] = max(fma0, fma1)
     machine["fma_peak_before_after"] = [fma0, fma1]
     machine["load_average_before_after"] = [load0, os.getloadavg()[0]]
@@ -281,13 +271,10 @@ def main(argv=None):
               "command": "PYTHONPATH=src python benchmarks/attention_cpu.py " + " ".join(argv or sys.argv[1:]),
               "allocator": {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")}}
     md = markdown(result)
-    print(md)
-    if not args.quick:
-        os.makedirs(args.out_dir, exist_ok=True)
-        with open(os.path.join(args.out_dir, "attention_cpu.json"), "w") as f:
-            json.dump(result, f, indent=1)
-        with open(os.path.join(args.out_dir, "attention_cpu.md"), "w") as f:
-            f.write(md)
+    if args.quick:
+        print(md)
+    else:
+        write(os.path.join(args.out_dir, "attention_cpu"), md, result)
     return result
 
 

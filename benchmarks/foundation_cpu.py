@@ -10,17 +10,13 @@ Writes <out>.json and <out>.md with the machine, versions, BLAS kernels and thre
 """
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import time
 
 import numpy as np
 
 import qkv
 from qkv import _reference as ref
-from qkv.commands.info import blas_info
+
+from _report import interleaved_medians, machine_line, machine_meta, write  # benchmarks/_report.py
 
 try:
     import torch
@@ -78,47 +74,15 @@ def workloads(rng):
     return rows
 
 
-def measure(rows, rounds):
-    times = {name: {impl: [] for impl in impls} for name, impls in rows.items()}
-    for impls in rows.values():
-        for fn in impls.values():
-            fn()
-    for _ in range(rounds):
-        for name, impls in rows.items():
-            for impl, fn in impls.items():
-                t = time.perf_counter()
-                fn()
-                times[name][impl].append(time.perf_counter() - t)
-    return {name: {impl: statistics.median(ts) for impl, ts in impls.items()} for name, impls in times.items()}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--out", default="benchmarks/results/foundation_cpu")
     args = ap.parse_args()
     rows = workloads(np.random.default_rng(0))
-    med = measure(rows, args.rounds)
-    meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "qkv_threads": qkv.get_num_threads(),
-        "qkv_simd": qkv._config.simd_name(),
-        "numpy": np.__version__,
-        "torch": None if torch is None else torch.__version__,
-        "torch_threads": None if torch is None else torch.get_num_threads(),
-        "blas": [{k: b.get(k) for k in ("library", "version", "kernel", "threads")} for b in blas_info()],
-        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_",
-                                               "MALLOC_MMAP_THRESHOLD_")},
-        "rounds": args.rounds,
-    }
-    blas = ", ".join(f"{b['library']} {b['version']} {b['kernel']}" for b in meta["blas"])
-    lines = [f"# Foundation kernels, CPU ({meta['date']})", "",
-             f"{meta['machine']}, {meta['cpus']} CPUs, qkv {meta['qkv_threads']} threads ({meta['qkv_simd']}), "
-             f"NumPy {meta['numpy']}, torch {meta['torch']} ({meta['torch_threads']} threads). "
-             f"BLAS: {blas}. "
-             f"Env: {meta['env']}. Median of {args.rounds} interleaved rounds.", ""]
+    med = interleaved_medians(rows, args.rounds)
+    meta = machine_meta(args.rounds)
+    lines = [f"# Foundation kernels, CPU ({meta['date']})", "", machine_line(meta), ""]
     for name, impls in med.items():
         base = impls["qkv"]
         lines += [f"## {name}", "", "| implementation | time | relative to qkv |", "|---|---|---|"]
@@ -128,13 +92,7 @@ def main():
     lin = med["linear+gelu [512,768]x[768,3072]"]
     lines.append(f"linear+GELU / bare NumPy matmul: {lin['qkv'] / lin['numpy matmul (bare)']:.3f} "
                  f"(out=: {lin['qkv out='] / lin['numpy matmul (bare)']:.3f}); target <= 1.15")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump({"meta": meta, "median_seconds": med}, f, indent=2)
-    with open(args.out + ".md", "w") as f:
-        f.write(text)
+    write(args.out, "\n".join(lines) + "\n", {"meta": meta, "median_seconds": med})
 
 
 if __name__ == "__main__":

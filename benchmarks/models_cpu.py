@@ -21,18 +21,15 @@ cycles) shows what that costs, decode most of all (one small op after another).
 """
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import time
 
 import numpy as np
 
 import qkv
-from qkv.commands.info import blas_info
 from qkv.io import find_minilm
 from qkv.nn import GPT, Encoder, GPTConfig
+
+from _report import interleaved_medians, machine_line, machine_meta, write  # benchmarks/_report.py
 
 import torch  # noqa: E402  (the baseline; this script is not part of the test suite)
 import transformers  # noqa: E402
@@ -132,18 +129,6 @@ def _time(fn):
     return time.perf_counter() - t0
 
 
-def measure(rows, rounds):
-    times = {name: {impl: [] for impl in impls} for name, impls in rows.items()}
-    for impls in rows.values():  # warm-up
-        for fn in impls.values():
-            _time(fn)
-    for _ in range(rounds):
-        for name, impls in rows.items():
-            for impl, fn in impls.items():
-                times[name][impl].append(_time(fn))
-    return {name: {impl: statistics.median(ts) for impl, ts in impls.items()} for name, impls in times.items()}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -154,29 +139,10 @@ def main():
     qkv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     rows, info = workloads(args.sentences)
-    med = measure(rows, args.rounds)
-    meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "qkv_threads": qkv.get_num_threads(),
-        "qkv_simd": qkv._config.simd_name(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "blas": [{k: b.get(k) for k in ("library", "version", "kernel", "threads")} for b in blas_info()],
-        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                               "OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")},
-        "rounds": args.rounds,
-        **info,
-    }
-    blas = ", ".join(f"{b['library']} {b['version']} {b['kernel']}" for b in meta["blas"])
+    med = interleaved_medians(rows, args.rounds, seconds=_time)
+    meta = machine_meta(args.rounds, **info)
     lines = [f"# Models, CPU, float32 ({meta['date']})", "",
-             f"{meta['machine']}, {meta['cpus']} CPUs, qkv {meta['qkv_threads']} threads ({meta['qkv_simd']}), "
-             f"NumPy {meta['numpy']}, torch {meta['torch']} ({meta['torch_threads']} threads), "
-             f"transformers {meta['transformers']}. BLAS: {blas}. Env: {meta['env']}. "
-             f"Median of {args.rounds} interleaved rounds. Sentences: {info['sentences']}, "
+             f"{machine_line(meta)} Sentences: {info['sentences']}, "
              f"{info['sentence_tokens_mean']:.1f} tokens on average.", ""]
     figures = {}
     for name, impls in med.items():
@@ -195,13 +161,7 @@ def main():
             lines.append(f"| {impl} | {shown} | {thr} | {t / base:.2f}x |")
             figures.setdefault(name, {})[impl] = {"seconds": t, "throughput": thr}
         lines.append("")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump({"meta": meta, "median_seconds": med, "figures": figures}, f, indent=2)
-    with open(args.out + ".md", "w") as f:
-        f.write(text)
+    write(args.out, "\n".join(lines) + "\n", {"meta": meta, "median_seconds": med, "figures": figures})
 
 
 if __name__ == "__main__":

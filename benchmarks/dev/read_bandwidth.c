@@ -8,7 +8,9 @@ K/V cache) in benchmarks/attention_cpu.py. Built and loaded through ctypes by be
 
 // Read bandwidth in GB/s: `n_threads` threads sum a buffer of `bytes` (allocated and touched here),
 // best of `reps` passes. With bytes ~ the K/V cache of a decode step it is that step's roofline.
-__attribute__((target("avx512f"))) static float sum512(const float* x, long n) {
+// Baseline ISA (GCC splits the 64-byte vectors): loads at any SIMD width outrun memory, and it runs
+// on every x86-64.
+static float sum_floats(const float* x, long n) {
     typedef float v16 __attribute__((vector_size(64)));
     v16 a = {0}, b = {0}, c = {0}, d = {0};
     for (long i = 0; i + 64 <= n; i += 64) {
@@ -37,7 +39,7 @@ double read_bandwidth_gbs(int n_threads, long bytes, int reps) {
         {
             const int id = omp_get_thread_num(), nt = omp_get_num_threads();
             const long chunk = n / nt / 64 * 64, lo = id * chunk, hi = id == nt - 1 ? n : lo + chunk;
-            sink += sum512(x + lo, hi - lo);
+            sink += sum_floats(x + lo, hi - lo);
         }
         t = omp_get_wtime() - t;
         if (t < best) best = t;

@@ -1,0 +1,86 @@
+"""What the side-by-side benchmark scripts share: interleaved timing, the facts every result
+carries, and writing ``<out>.json`` and ``<out>.md``.
+
+Used by foundation_cpu.py and models_cpu.py (and attention_cpu.py for the writing). One place for
+"what does a results file say about the machine", so every committed table names the same things:
+date, CPU, thread counts, qkv's SIMD level, library versions, the BLAS kernels loaded
+(threadpoolctl) and the environment variables that move the figures.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import qkv
+from qkv._bench import cpu_model
+from qkv.commands.info import blas_info
+
+# environment variables that change what runs or how fast: recorded with every result (None: unset)
+ENV_KEYS = ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+            "OPENBLAS_THREAD_TIMEOUT", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "QKV_SIMD")
+
+
+def _call_seconds(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved_medians(rows, rounds, seconds=_call_seconds):
+    """rows: {workload: {implementation: fn}}. One warm-up call each, then ``rounds`` rounds that run
+    every fn in turn (so all see the same machine state); {workload: {implementation: median s}}.
+    ``seconds(fn)`` times one call (a script may time something else than one plain call)."""
+    times = {name: {impl: [] for impl in impls} for name, impls in rows.items()}
+    for impls in rows.values():
+        for fn in impls.values():
+            seconds(fn)
+    for _ in range(rounds):
+        for name, impls in rows.items():
+            for impl, fn in impls.items():
+                times[name][impl].append(seconds(fn))
+    return {name: {impl: statistics.median(ts) for impl, ts in impls.items()} for name, impls in times.items()}
+
+
+def machine_meta(rounds, **extra):
+    """The facts a results file carries. torch (and transformers) are reported when the script imported them."""
+    torch = sys.modules.get("torch")
+    transformers = sys.modules.get("transformers")
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": cpu_model(),
+        "cpus": os.cpu_count(),
+        "qkv_threads": qkv.get_num_threads(),
+        "qkv_simd": qkv._config.simd_name(),
+        "numpy": np.__version__,
+        "torch": None if torch is None else torch.__version__,
+        "torch_threads": None if torch is None else torch.get_num_threads(),
+        **({"transformers": transformers.__version__} if transformers is not None else {}),
+        "blas": [{k: b.get(k) for k in ("library", "version", "kernel", "threads")} for b in blas_info()],
+        "env": {k: os.environ.get(k) for k in ENV_KEYS},
+        "rounds": rounds,
+        **extra,
+    }
+
+
+def machine_line(meta):
+    """One Markdown paragraph with machine_meta's facts."""
+    blas = ", ".join(f"{b['library']} {b['version']} {b['kernel']}" for b in meta["blas"])
+    env = {k: v for k, v in meta["env"].items() if v is not None}
+    return (f"{meta['machine']}, {meta['cpus']} CPUs, qkv {meta['qkv_threads']} threads ({meta['qkv_simd']}), "
+            f"NumPy {meta['numpy']}, torch {meta['torch']} ({meta['torch_threads']} threads)"
+            + (f", transformers {meta['transformers']}" if "transformers" in meta else "")
+            + f". BLAS: {blas}. Env: {env or 'no overrides'}. Median of {meta['rounds']} interleaved rounds.")
+
+
+def write(out, text, payload):
+    """Print the Markdown ``text``, then write it to ``<out>.md`` and ``payload`` to ``<out>.json``."""
+    print(text)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(payload, f, indent=2)
+    with open(out + ".md", "w") as f:
+        f.write(text)
