@@ -1,92 +1,14 @@
-"""Run-time settings of the compiled CPU backend: thread count and SIMD level (one place each).
-
-Threads: qkv's OpenMP kernels use ``get_num_threads()`` threads. The default honours
-``OMP_NUM_THREADS`` (through OpenMP's own reading of it), else the CPUs this process may run on.
-``set_num_threads(n)`` changes it for qkv's kernels and for the BLAS that ``qkv.linear`` calls
-(SciPy's), through threadpoolctl.
-
-SIMD: kernels use the best level the CPU supports (AVX-512 > AVX2 > scalar), capped by the
-environment variable ``QKV_SIMD`` (``avx512``, ``avx2`` or ``scalar``) or ``set_simd_level``;
-tests use the cap to run every code path on one machine.
+"""Run-time settings (threads, SIMD level) as the rest of qkv reads them: qkv.get_num_threads and
+qkv.set_num_threads, `qkv info`, the tests' SIMD cap. The state and the code live in
+qkv._cpu._config, their one owner (the CPU backend's kernels are what they configure); this module
+only re-exports it, and qkv._cpu never imports it.
 """
 
-import os
-import threading
-
-from qkv._cpu import _runtime
-
-SIMD_NAMES = _runtime.SIMD_NAMES
-_lock = threading.Lock()
-_n_threads = None
-_simd_cap = None
-
-
-def _default_threads():
-    if not _runtime.openmp_enabled():
-        return 1
-    if "OMP_NUM_THREADS" in os.environ:
-        return max(1, _runtime.omp_max_threads())
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def get_num_threads():
-    """Number of threads qkv's CPU kernels use."""
-    global _n_threads
-    if _n_threads is None:
-        with _lock:
-            if _n_threads is None:
-                _n_threads = _default_threads()
-    return _n_threads
-
-
-def set_num_threads(n):
-    """Set the number of threads for qkv's CPU kernels (and the BLAS behind ``qkv.linear``).
-
-    ``n`` is a positive int; ``None`` restores the default. Without OpenMP it is always 1.
-    """
-    global _n_threads
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
-    with _lock:
-        _n_threads = _default_threads() if n is None else (n if _runtime.openmp_enabled() else 1)
-        _limit_scipy_blas(_n_threads)
-
-
-def _limit_scipy_blas(n):
-    """Limit the BLAS that scipy.linalg.cython_blas resolves to (not NumPy's) to n threads."""
-    try:
-        from threadpoolctl import ThreadpoolController
-
-        ctl = ThreadpoolController()
-        for lib in ctl.lib_controllers:
-            if lib.user_api == "blas" and "scipy" in os.path.basename(os.path.dirname(lib.filepath)).lower():
-                lib.set_num_threads(n)
-    except Exception:  # threadpoolctl missing or unable: BLAS keeps its own setting
-        pass
-
-
-def simd_level():
-    """The SIMD level the kernels will use: 0 scalar, 1 avx2, 2 avx512."""
-    cap = _simd_cap
-    if cap is None:
-        env = os.environ.get("QKV_SIMD", "").strip().lower()
-        cap = SIMD_NAMES.index(env) if env in SIMD_NAMES else len(SIMD_NAMES) - 1
-    return min(cap, _runtime.cpu_simd_level())
-
-
-def simd_name():
-    return SIMD_NAMES[simd_level()]
-
-
-def set_simd_level(name):
-    """Cap the SIMD level ("avx512", "avx2", "scalar"), or ``None`` for the best available."""
-    global _simd_cap
-    if name is None:
-        _simd_cap = None
-        return
-    if name not in SIMD_NAMES:
-        raise ValueError(f"set_simd_level: name must be one of {SIMD_NAMES} or None, got {name!r}")
-    _simd_cap = SIMD_NAMES.index(name)
+from qkv._cpu._config import (  # noqa: F401
+    SIMD_NAMES,
+    get_num_threads,
+    set_num_threads,
+    set_simd_level,
+    simd_level,
+    simd_name,
+)

@@ -3,12 +3,12 @@
 Each function takes arguments already validated by qkv._ops, makes the layouts the kernels need
 (C-contiguous rows; no copy when the input already is), allocates the result (or fills ``out``),
 and calls the kernel with the GIL released, on ``qkv.get_num_threads()`` threads at
-``qkv._config.simd_level()``.
+``qkv._cpu._config.simd_level()``.
 """
 
 import numpy as np
 
-from qkv import _config
+from qkv._cpu import _config
 from qkv._cpu._activation import act_backward_rows, bias_act_rows
 from qkv._cpu._embedding import embedding_backward_rows
 from qkv._cpu._layernorm import layernorm_backward_rows, layernorm_rows

@@ -8,7 +8,7 @@ as it is); anything else is copied once. A mask becomes a base array plus one el
 
 import numpy as np
 
-from qkv import _config
+from qkv._cpu import _config
 from qkv._cpu import CAUSAL_CODES, mask_rows
 from qkv._cpu._attention import attention_fwd, attention_path
 
