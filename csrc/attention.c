@@ -29,6 +29,11 @@ Paths (one place: attn_choose_path):
   run through a SIMD row kernel (attention_tiled.inc); decode is bound by reading K/V from memory.
 Shipped: split-K for Lq <= 16 (decode), tiled for float32 with AVX-512/AVX2 otherwise, plain for the
 rest (float64 prefill, scalar builds) and whenever the weights are asked for.
+
+Threads: every path is one or two loops of independent work items (plain: query rows; tiled: V-tile
+flags, then query blocks; split-K: key chunks, then row merges) run by the one OpenMP driver,
+attn_parallel, which owns the team, the per-thread scratch and the out-of-memory report. The plain
+and split-K items live in attention_items.inc (per dtype), the tiled ones in attention_tiled.inc.
 */
 #include <math.h>
 #include <stdlib.h>
@@ -80,6 +85,45 @@ static void* attn_alloc(size_t bytes) {  // 64-byte aligned scratch, NULL on fai
 }
 
 // ---------------------------------------------------------------------------------------------
+// the one OpenMP driver: every path is one or two loops of independent work items
+
+// A loop of n items, item t done by run(job, t, scratch); threads take them `chunk` at a time.
+typedef struct {
+    void (*run)(const void* job, int64_t t, void* scratch);
+    int64_t n;
+    int chunk;
+} attn_loop;
+
+#define ATTN_NO_LOOP ((attn_loop){NULL, 0, 1})
+
+// Run `first`, then `second` (it starts when every item of the first is done), on one team of
+// n_threads threads, each owning `scratch` bytes of 64-byte aligned scratch. Items are handed out
+// dynamically, but what an item computes depends on its index only: 1 and n threads give identical
+// results.
+static int attn_parallel(const void* job, size_t scratch, attn_loop first, attn_loop second, int n_threads) {
+    int failed = 0;
+    (void)n_threads;  // without OpenMP
+    QKV_OMP(parallel num_threads(n_threads) if(n_threads > 1 && (first.n > 1 || second.n > 1)))
+    {
+        void* buf = attn_alloc(scratch);
+        if (!buf) {
+            QKV_OMP(atomic write)
+            failed = 1;
+        }
+        QKV_OMP(for schedule(dynamic, first.chunk))
+        for (int64_t t = 0; t < first.n; t++)
+            if (buf) first.run(job, t, buf);
+        if (second.n) {
+            QKV_OMP(for schedule(dynamic, second.chunk))
+            for (int64_t t = 0; t < second.n; t++)
+                if (buf) second.run(job, t, buf);
+        }
+        free(buf);
+    }
+    return failed ? QKV_ENOMEM : QKV_OK;
+}
+
+// ---------------------------------------------------------------------------------------------
 // plain path: 2 dtypes x 3 ISAs
 
 #define QKV_INC "attention_plain.inc"
@@ -102,56 +146,6 @@ static void* attn_alloc(size_t bytes) {  // 64-byte aligned scratch, NULL on fai
 #undef SFX
 #undef EXP
 #undef NEG_INF
-
-// Plain driver: threads take query rows (dynamic chunks: causal rows differ in cost). Each thread
-// owns PLAIN_BK + Dv + 2 elements of scratch. weights (or NULL) is filled in a second pass per row.
-#define ATTN_PLAIN_DRIVER(T, SFX, NEG_INF, LOG)                                                          \
-    static int attn_plain_##SFX(T* out, T* lse, T* weights, const T* q, const T* k, const T* v,         \
-                                const attn_args* a, T scale, int simd, int n_threads) {                 \
-        typedef void (*row_fn)(T*, T*, const T*, const T*, int64_t, const T*, int64_t, const uint8_t*,   \
-                               const T*, int64_t, int64_t, int64_t, T, T*, T*);                          \
-        typedef void (*wrow_fn)(T*, const T*, const T*, const T*, int64_t, const uint8_t*, const T*,     \
-                                int64_t, int64_t, int64_t, T, T*);                                      \
-        row_fn row = simd >= QKV_SIMD_AVX512 ? attn_row_##SFX##_avx512                                   \
-                     : simd == QKV_SIMD_AVX2 ? attn_row_##SFX##_avx2 : attn_row_##SFX##_scalar;          \
-        wrow_fn wrow = simd >= QKV_SIMD_AVX512 ? attn_weights_row_##SFX##_avx512                         \
-                       : simd == QKV_SIMD_AVX2 ? attn_weights_row_##SFX##_avx2                          \
-                                               : attn_weights_row_##SFX##_scalar;                       \
-        const int64_t R = a->B * a->Hq * a->Lq, group = a->Hq / a->Hkv;                                  \
-        int failed = 0;                                                                                  \
-        QKV_OMP(parallel num_threads(n_threads) if(n_threads > 1 && R > 1))                              \
-        {                                                                                                \
-            T* scratch = (T*)attn_alloc(sizeof(T) * (size_t)(PLAIN_BK + a->Dv + 2));                     \
-            if (!scratch) {                                                                              \
-                QKV_OMP(atomic write)                                                                    \
-                failed = 1;                                                                              \
-            }                                                                                            \
-            QKV_OMP(for schedule(dynamic, 4))                                                            \
-            for (int64_t r = 0; r < R; r++) {                                                            \
-                if (!scratch) continue;                                                                  \
-                const int64_t i = r % a->Lq, bh = r / a->Lq, h = bh % a->Hq, b = bh / a->Hq;             \
-                const int64_t hk = h / group;                                                            \
-                const T* qr = q + b * a->qb + h * a->qh + i * a->ql;                                     \
-                const T* kr = k + b * a->kb + hk * a->kh;                                                \
-                const T* vr = v + b * a->vb + hk * a->vh;                                                \
-                const uint8_t* mb = attn_mask_bool(a, r);                                                \
-                const T* ma = a->mask_kind == QKV_ATTN_MASK_ADD ? (const T*)a->mask + a->mask_off[r] : NULL; \
-                const int64_t nvis = attn_key_end(a, b, i);                                              \
-                T* stat = scratch + PLAIN_BK + a->Dv;                                                    \
-                row(out + r * a->Dv, stat, qr, kr, a->kl, vr, a->vl, mb, ma, nvis, a->D, a->Dv, scale,    \
-                    scratch, scratch + PLAIN_BK);                                                        \
-                if (lse) lse[r] = stat[1] == 0 ? NEG_INF : stat[0] + LOG(stat[1]);                       \
-                if (weights)                                                                             \
-                    wrow(weights + r * a->Lk, stat, qr, kr, a->kl, mb, ma, nvis, a->Lk, a->D, scale, scratch); \
-            }                                                                                            \
-            free(scratch);                                                                               \
-        }                                                                                                \
-        return failed ? QKV_ENOMEM : QKV_OK;                                                             \
-    }
-
-ATTN_PLAIN_DRIVER(float, f32, qkv_neg_inf_f(), logf)
-ATTN_PLAIN_DRIVER(double, f64, qkv_neg_inf_d(), log)
-
 
 // ---------------------------------------------------------------------------------------------
 // tiled path (float32): helpers shared by the ISA builds, then AVX-512 and AVX2 instantiations
@@ -217,6 +211,27 @@ static int attn_nonfinite_rows_f32(const float* V, int64_t vl, int64_t nk, int64
         }
     }
     return bad;
+}
+
+// One tiled call, as its work items read it (the ISA builds share it).
+typedef struct {
+    const attn_args* a;
+    float* out;          // (B, Hq, Lq, Dv)
+    float* lse;          // (B, Hq, Lq) or NULL
+    const float *q, *k, *v;
+    float qscale;        // scale * log2(e), folded into Q
+    uint8_t* vbad;       // (B, Hkv, ntile): the V tile holds NaN/Inf
+    int64_t ntile, nqb;  // key tiles per (batch, kv head), query blocks per (batch, head)
+} attn_tiled_job;
+
+// The tiled path's first loop: item t = (batch, kv head, key tile) flags its V tile in vbad.
+static void attn_tiled_flag_item(const void* job, int64_t t, void* scratch) {
+    const attn_tiled_job* jb = job;
+    const attn_args* a = jb->a;
+    const int64_t tile = t % jb->ntile, bk = t / jb->ntile, j0 = tile * BK;
+    const float* vt = jb->v + (bk / a->Hkv) * a->vb + (bk % a->Hkv) * a->vh + j0 * a->vl;
+    (void)scratch;
+    jb->vbad[t] = (uint8_t)attn_nonfinite_rows_f32(vt, a->vl, a->Lk - j0 < BK ? a->Lk - j0 : BK, a->Dv);
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -387,84 +402,7 @@ QKV_END_TARGET
 #endif  // x86
 
 // ---------------------------------------------------------------------------------------------
-// split-K path
-
-// Split-K driver (decode): work items are (b, kv head, key chunk); each computes, for every query of
-// every query head reading that kv head, the unnormalised partial (acc, m, l) of its chunk (so GQA
-// reads each K/V chunk once); a second loop merges a row's chunks by log-sum-exp: M = max m_c, l = sum l_c e^(m_c - M), out = sum acc_c e^(m_c - M) / l. The chunking
-// depends on the shapes only, so results do not depend on the thread count.
-#define ATTN_SPLITK_DRIVER(T, SFX, NEG_INF, EXP, LOG)                                                   \
-    static int attn_splitk_##SFX(T* out, T* lse, const T* q, const T* k, const T* v, const attn_args* a, \
-                                 T scale, int simd, int n_threads) {                                    \
-        typedef void (*part_fn)(T*, T*, const T*, const T*, int64_t, const T*, int64_t, const uint8_t*,  \
-                                const T*, int64_t, int64_t, int64_t, int64_t, T, T*);                   \
-        part_fn part = attn_splitk_row_##SFX(a, simd);                                                  \
-        const int64_t Lq = a->Lq, Dv = a->Dv, BH = a->B * a->Hq, group = a->Hq / a->Hkv;                 \
-        const int64_t chunk = attn_splitk_chunk(a->Lk), nch = (a->Lk + chunk - 1) / chunk;               \
-        const int64_t items = a->B * a->Hkv * nch, stride = Dv + 2; /* one partial: acc (Dv,), m, l */  \
-        T* parts = (T*)attn_alloc(sizeof(T) * (size_t)(BH * nch * Lq * stride));                        \
-        if (!parts) return QKV_ENOMEM;                                                                   \
-        int failed = 0;                                                                                  \
-        QKV_OMP(parallel num_threads(n_threads) if(n_threads > 1 && items > 1))                          \
-        {                                                                                                \
-            T* s = (T*)attn_alloc(sizeof(T) * (PLAIN_BK + 16));                                                 \
-            if (!s) {                                                                                    \
-                QKV_OMP(atomic write)                                                                    \
-                failed = 1;                                                                              \
-            }                                                                                            \
-            QKV_OMP(for schedule(dynamic, 1))                                                            \
-            for (int64_t t = 0; t < items; t++) {                                                        \
-                if (!s) continue;                                                                        \
-                /* one K/V chunk, every query head of its group: GQA reads each chunk once */            \
-                const int64_t bk = t / nch, c = t % nch, b = bk / a->Hkv, hk = bk % a->Hkv;              \
-                const T* kr = k + b * a->kb + hk * a->kh;                                                \
-                const T* vr = v + b * a->vb + hk * a->vh;                                                \
-                for (int64_t g = 0; g < group * Lq; g++) {                                               \
-                    const int64_t h = hk * group + g / Lq, i = g % Lq, bh = b * a->Hq + h;               \
-                    const int64_t r = bh * Lq + i, end = attn_key_end(a, b, i);                          \
-                    const int64_t j0 = c * chunk, j1 = j0 + chunk < end ? j0 + chunk : end;              \
-                    T* pr = parts + ((bh * nch + c) * Lq + i) * stride;                                  \
-                    const T* ma = a->mask_kind == QKV_ATTN_MASK_ADD ? (const T*)a->mask + a->mask_off[r] : NULL; \
-                    part(pr, pr + Dv, q + b * a->qb + h * a->qh + i * a->ql, kr, a->kl, vr, a->vl,       \
-                         attn_mask_bool(a, r), ma, j0, j1 > j0 ? j1 : j0, a->D, Dv, scale, s);          \
-                }                                                                                        \
-            }                                                                                            \
-            free(s);                                                                                     \
-            QKV_OMP(for schedule(dynamic, 16))                                                           \
-            for (int64_t r = 0; r < BH * Lq; r++) {                                                      \
-                const int64_t bh = r / Lq, i = r % Lq;                                                   \
-                const T* p0 = parts + (bh * nch * Lq + i) * stride; /* chunk c at p0 + c*Lq*stride */    \
-                T M = NEG_INF;                                                                           \
-                int any = 0;                                                                             \
-                for (int64_t c = 0; c < nch; c++) {                                                      \
-                    const T* pc = p0 + c * Lq * stride;                                                  \
-                    if (pc[Dv + 1] != 0) {                                                               \
-                        any = 1;                                                                         \
-                        M = pc[Dv] > M ? pc[Dv] : M;                                                     \
-                    }                                                                                    \
-                }                                                                                        \
-                T* o = out + r * Dv;                                                                     \
-                for (int64_t d = 0; d < Dv; d++) o[d] = 0;                                               \
-                if (!any) {                                                                              \
-                    if (lse) lse[r] = NEG_INF;                                                           \
-                    continue;                                                                            \
-                }                                                                                        \
-                T l = 0;                                                                                 \
-                for (int64_t c = 0; c < nch; c++) {                                                      \
-                    const T* pc = p0 + c * Lq * stride;                                                  \
-                    if (pc[Dv + 1] == 0) continue;                                                       \
-                    const T w = pc[Dv] == M ? (T)1 : EXP(pc[Dv] - M);                                    \
-                    l += w * pc[Dv + 1];                                                                 \
-                    for (int64_t d = 0; d < Dv; d++) o[d] += w * pc[d];                                  \
-                }                                                                                        \
-                const T inv = (T)1 / l;                                                                  \
-                for (int64_t d = 0; d < Dv; d++) o[d] *= inv;                                            \
-                if (lse) lse[r] = M + LOG(l);                                                            \
-            }                                                                                            \
-        }                                                                                                \
-        free(parts);                                                                                     \
-        return failed ? QKV_ENOMEM : QKV_OK;                                                             \
-    }
+// split-K: the chunk kernel and the chunk size (the work items are in attention_items.inc)
 
 // the split-K row kernel: the float32 SIMD one where the head dims allow, else the plain one
 typedef void (*attn_part_f32)(float*, float*, const float*, const float*, int64_t, const float*, int64_t,
@@ -493,8 +431,32 @@ static int64_t attn_splitk_chunk(int64_t Lk) {
     return c > SPLITK_CHUNK ? c : SPLITK_CHUNK;
 }
 
-ATTN_SPLITK_DRIVER(float, f32, qkv_neg_inf_f(), qkv_expf, logf)
-ATTN_SPLITK_DRIVER(double, f64, qkv_neg_inf_d(), qkv_exp, log)
+// ---------------------------------------------------------------------------------------------
+// the plain and split-K paths of each dtype (their work items, handed to attn_parallel)
+
+#define T float
+#define SFX f32
+#define EXP qkv_expf
+#define LOG logf
+#define NEG_INF qkv_neg_inf_f()
+#include "attention_items.inc"
+#undef T
+#undef SFX
+#undef EXP
+#undef LOG
+#undef NEG_INF
+
+#define T double
+#define SFX f64
+#define EXP qkv_exp
+#define LOG log
+#define NEG_INF qkv_neg_inf_d()
+#include "attention_items.inc"
+#undef T
+#undef SFX
+#undef EXP
+#undef LOG
+#undef NEG_INF
 
 // ---------------------------------------------------------------------------------------------
 // entry points
