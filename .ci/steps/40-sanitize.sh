@@ -3,11 +3,9 @@
 # (QKV_SANITIZE=1) and run the CPU test suite against it; any report aborts the run. Then the
 # same with Cython bounds checking on (QKV_DEBUG_CYTHON=1).
 set -euo pipefail
-python -m pip install -q "Cython>=3.0.8" "setuptools>=68" wheel  # in-place builds need the build deps
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cp -r setup.py pyproject.toml README.md csrc src tests "$work"/
-find "$work/src" -name '*.so' -delete
+# shellcheck source=../lib.sh
+source "$(dirname "$0")/../lib.sh"
+copy_tree  # $work: a copy of the tree without compiled extensions, removed on exit
 # the whole CPU suite, less the GPU/CUDA-harness files (their own step) and the slow end-to-end
 # CLI demo and benchmark-body runs, which exercise no kernel code the rest does not
 tests="tests --ignore=tests/test_bench.py --ignore=tests/test_cli_models.py
