@@ -11,8 +11,8 @@ The contract (DESIGN.md): GQA/MQA (query head h reads kv head h / (Hq / Hkv)); c
 (query i sees keys j <= i + Lk - Lq) or top-left (j <= i); bool or additive masks broadcast through
 per-row offsets; kv_lengths (B,): row b sees keys j < kv_lengths[b], and bottom-right puts its
 diagonal there, j <= i + kv_lengths[b] - Lq (FlashAttention's kv cache; attn_shift); strided q/k/v
-(last axis contiguous); a query with no visible key gets zeros and lse = -inf; a hidden key (score -inf) is skipped, never multiplied by p = 0, so NaN or
-Inf in masked K/V never reaches the output.
+(last axis contiguous); a query with no visible key gets zeros and lse = -inf; a hidden key (score
+-inf) is skipped, never multiplied by p = 0, so NaN or Inf in masked K/V never reaches the output.
 
 Paths (one place: attn_choose_path):
 - plain (attention_plain.inc): one query row at a time, loops vectorised by the compiler, any D,
