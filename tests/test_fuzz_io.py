@@ -185,3 +185,20 @@ def test_address_space_cap_turns_a_huge_allocation_into_memoryerror():
 def test_unreadable_config(tmp_path, text):
     with pytest.raises(ValueError):
         GPT.from_pretrained(_folder_with(tmp_path, text))
+
+
+@pytest.mark.parametrize("cfg_change, match", [
+    ({"model_type": "llama"}, "model_type 'llama' is not supported; qkv loads 'gpt2'"),
+    ({"model_type": "bert"}, "GPT.from_pretrained reads a GPT-2 decoder"),
+])
+def test_model_type_is_checked_by_the_library(tmp_path, cfg_change, match):
+    """GPT.from_pretrained itself (not only the CLI) refuses a folder of another model type."""
+    with pytest.raises(ValueError, match=match):
+        GPT.from_pretrained(_folder_with(tmp_path, dict(CONFIG, **cfg_change)))
+
+
+def test_encoder_refuses_a_gpt_folder(tmp_path):
+    from qkv.nn import Encoder
+
+    with pytest.raises(ValueError, match="Encoder.from_pretrained reads a BERT-family encoder"):
+        Encoder.from_pretrained(_folder_with(tmp_path))

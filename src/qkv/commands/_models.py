@@ -1,7 +1,7 @@
 """Model loading shared by the subcommands: the packaged MiniLM by default, or a folder.
 
-Which folders qkv can load is decided here, once (MODEL_TYPES): config.json's model_type picks the
-class. Every failure to load (no folder, a file instead of a folder, a missing or corrupt
+Which folders qkv can load is decided once, in qkv.io.checkpoint.MODEL_TYPES: config.json's
+model_type picks the class. Every failure to load (no folder, a file instead of a folder, a missing or corrupt
 config.json / model.safetensors / tokenizer.json, an unsupported model_type) ends as one line.
 """
 
@@ -10,10 +10,8 @@ from pathlib import Path
 
 from qkv.cli import CommandError, user_input
 
-# config.json model_type -> (qkv.nn class, what it is). Only these load with the right numbers:
-# RoBERTa-family folders (roberta, xlm-roberta, camembert) have BERT's tensor names but number
-# positions from padding_idx + 1, so they are refused rather than silently embedded wrong.
-MODEL_TYPES = {"gpt2": ("GPT", "GPT-2 decoder"), "bert": ("Encoder", "BERT-family encoder")}
+from qkv.io.checkpoint import MODEL_TYPES, supported_model_types
+
 FOLDER_HELP = "a model folder: config.json, model.safetensors, tokenizer.json"
 
 
@@ -23,23 +21,12 @@ def progress(msg):
 
 
 def model_type(folder):
-    """config.json's model_type, checked against MODEL_TYPES (inferred from the fields if absent)."""
+    """config.json's model_type, checked against qkv.io.checkpoint.MODEL_TYPES."""
     from qkv.io import read_config
+    from qkv.io.checkpoint import model_type as checked_type
 
     with user_input():
-        cfg = read_config(folder)
-    kind = cfg.get("model_type")
-    if kind is None:  # hand-written configs: GPT-2 and BERT name their fields differently
-        kind = "gpt2" if "n_layer" in cfg else "bert" if "num_hidden_layers" in cfg else None
-        if kind is None:
-            raise CommandError(f"{folder}/config.json has no model_type; qkv loads {supported()}")
-    if kind not in MODEL_TYPES:
-        raise CommandError(f"{folder}: model_type {kind!r} is not supported; qkv loads {supported()}")
-    return kind
-
-
-def supported():
-    return ", ".join(f"{k!r} ({what})" for k, (_, what) in MODEL_TYPES.items())
+        return checked_type(read_config(folder), folder)
 
 
 def load_encoder(path=None):

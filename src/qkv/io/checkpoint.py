@@ -37,6 +37,41 @@ def read_config(path):
     return cfg
 
 
+# config.json model_type -> (the qkv.nn class that loads it, what it is): the one table of what qkv
+# loads. Only these load with the right numbers: RoBERTa-family folders (roberta, xlm-roberta,
+# camembert) have BERT's tensor names but number positions from padding_idx + 1, so they are
+# refused rather than silently embedded wrong.
+MODEL_TYPES = {"gpt2": ("GPT", "GPT-2 decoder"), "bert": ("Encoder", "BERT-family encoder")}
+
+
+def supported_model_types():
+    return ", ".join(f"{k!r} ({what})" for k, (_, what) in MODEL_TYPES.items())
+
+
+def model_type(cfg, folder="the model folder"):
+    """config.json's model_type, checked against MODEL_TYPES (inferred from the field names when a
+    hand-written config has none). ValueError naming the supported types otherwise."""
+    kind = cfg.get("model_type")
+    if kind is None:  # GPT-2 and BERT name their fields differently
+        kind = "gpt2" if "n_layer" in cfg else "bert" if "num_hidden_layers" in cfg else None
+        if kind is None:
+            raise ValueError(f"{folder}/config.json has no model_type; qkv loads {supported_model_types()}")
+    if kind not in MODEL_TYPES:
+        raise ValueError(f"{folder}: model_type {kind!r} is not supported; qkv loads {supported_model_types()}")
+    return kind
+
+
+def _read_config_of(folder, expected):
+    """config.json of a folder that must hold model_type ``expected`` (a clear ValueError if not)."""
+    cfg = read_config(folder)
+    kind = model_type(cfg, folder)
+    if kind != expected:
+        cls, what = MODEL_TYPES[expected]
+        raise ValueError(f"{folder} holds a {MODEL_TYPES[kind][1]} (model_type {kind!r}); {cls}.from_pretrained "
+                         f"reads a {what} (model_type {expected!r})")
+    return cfg
+
+
 def read_safetensors(path):
     """model.safetensors (a file or a folder holding one) -> {name: float array}."""
     from safetensors import SafetensorError
@@ -136,7 +171,7 @@ def load_gpt2(cls, path, dtype=np.float32):
     from qkv.nn.config import GPTConfig
 
     folder = _folder(path)
-    config = GPTConfig.from_hf(read_config(folder))
+    config = GPTConfig.from_hf(_read_config_of(folder, "gpt2"))
     tensors = _strip_prefix(read_safetensors(folder), ("transformer.",))
     _check_layout(config, tensors, "wte.weight", "h.")
     # GPT-2's Conv1D weights are already (in, out), qkv.linear's layout: nothing to transpose
@@ -162,7 +197,7 @@ def load_bert(cls, path, dtype=np.float32):
     from qkv.nn.config import BertConfig
 
     folder = _folder(path)
-    config = BertConfig.from_hf(read_config(folder))
+    config = BertConfig.from_hf(_read_config_of(folder, "bert"))
     tensors = _strip_prefix(read_safetensors(folder), ("bert.", "model."))
     _check_layout(config, tensors, "embeddings.word_embeddings.weight", "encoder.layer.")
     # BERT keeps separate query/key/value (out, in) weights: fuse them into c_attn (C, 3C)
