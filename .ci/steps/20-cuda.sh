@@ -10,4 +10,4 @@ if ! ls "${CUDA_HOME:-/usr/local/cuda}/include/cuda_fp16.h" >/dev/null 2>&1; the
     python -m pip install -q "nvidia-cuda-runtime==13.0.*"
 fi
 python tools/check_kernels.py --sass require
-python -m pytest -q tests/test_cuda_sim.py tests/test_cuda_gpu.py
+python -m pytest -q tests/test_cuda_sim.py tests/test_cuda_gpu.py tests/test_cuda_sim_backward.py tests/test_cuda_gpu_backward.py

@@ -9,7 +9,10 @@ NumPy scalars. Results are fresh CuPy arrays (or ``out``); inputs are never writ
 - ``attention``: attn_mma (tensor cores, float16/bfloat16, head dim 64/128), else attn_rows
   (CUDA cores, float32 and every other shape); short query blocks against long caches go through
   attn_rows split over keys plus attn_combine (split-KV decode);
-- ``embedding``: the gather used by qkv.nn (token rows, optionally plus position rows).
+- ``embedding``: the gather used by qkv.nn (token rows, optionally plus position rows);
+- the backward ops: layer_norm_backward, gelu_backward, softmax_backward, linear_backward (our
+  fused activation-derivative pass, then cuBLAS), embedding_backward, cross_entropy (fused), each
+  beside its forward's kernels; their row reductions are deterministic (no atomics).
 
 Everything array-shaped goes through ``_runtime()``, an object with ``xp`` (the array module),
 ``launch`` and ``sm_count``. On a GPU that is CuPy; the CPU test harness (tests/cuda_sim)
@@ -204,7 +207,7 @@ def softmax(x, mask=None, causal=None, scale=1.0, out=None):
     return _finish(y, out)
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5, out=None):
+def layer_norm(x, weight=None, bias=None, eps=1e-5, out=None, return_stats=False):
     rt = _runtime()
     dt = _dtype_name(x.dtype)
     xr = _rows_of(x)
@@ -212,9 +215,11 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, out=None):
     y, out = _dest(out, x.shape, x.dtype)
     w = None if weight is None else _contiguous(weight)
     b = None if bias is None else _contiguous(bias)
+    mean = rt.xp.empty(x.shape[:-1], dtype=np.float32) if return_stats else None
+    rstd = rt.xp.empty(x.shape[:-1], dtype=np.float32) if return_stats else None
     rt.launch("layernorm", kernels.expr("layernorm_rows", dt), (R,), (_block_for(C),),
-              (y, xr, w, b, _i32(R), _i32(C), np.float32(eps)))
-    return _finish(y, out)
+              (y, mean, rstd, xr, w, b, _i32(R), _i32(C), np.float32(eps)))
+    return (_finish(y, out), mean, rstd) if return_stats else _finish(y, out)
 
 
 def _bias_act(y, x, bias, act):
@@ -234,21 +239,38 @@ def gelu(x, approximate="tanh", out=None):
     return _finish(y, out)
 
 
-def linear(x, weight, bias=None, activation=None, out=None):
-    """cuBLAS GEMM (x @ weight through the array module's matmul), then bias + activation in place."""
+def _matmul(a, b, out=None):
+    """a @ b through the array module's GEMM (cuBLAS); float32 for a dtype it lacks (bfloat16)."""
+    xp = _runtime().xp
+    try:
+        return xp.matmul(a, b, out=out)
+    except (TypeError, NotImplementedError):
+        r = xp.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
+        if out is None:
+            return r
+        out[...] = r
+        return out
+
+
+def linear(x, weight, bias=None, activation=None, out=None, return_preact=False):
+    """cuBLAS GEMM (x @ weight through the array module's matmul), then bias + activation in place.
+
+    return_preact: the GEMM + bias go to a separate buffer and the activation reads it."""
     xp = _runtime().xp
     x2 = _rows_of(x)                                     # (R, in)
     shape = x.shape[:-1] + (weight.shape[1],)
     y, out = _dest(out, shape, x.dtype)
-    y2 = y.reshape(-1, weight.shape[1])
-    try:
-        xp.matmul(x2, weight, out=y2)
-    except (TypeError, NotImplementedError):  # an array module without this dtype's GEMM (bfloat16)
-        y2[...] = xp.matmul(x2.astype(np.float32), weight.astype(np.float32)).astype(y.dtype)
-    if bias is not None or activation is not None:
-        b = None if bias is None else _contiguous(bias)
+    pre = xp.empty(shape, dtype=x.dtype) if return_preact and activation is not None else y
+    _matmul(x2, weight, out=pre.reshape(-1, weight.shape[1]))
+    b = None if bias is None else _contiguous(bias)
+    if pre is not y:
+        if b is not None:
+            _bias_act(pre, pre, b, ACTIVATION_CODES[None])
+        _bias_act(y, pre, None, ACTIVATION_CODES[activation])
+    elif bias is not None or activation is not None:
         _bias_act(y, y, b, ACTIVATION_CODES[activation])
-    return _finish(y, out)
+    y = _finish(y, out)
+    return (y, pre if activation is not None else y) if return_preact else y
 
 
 def embedding(ids, table, pos=None, pos0=0):
@@ -271,6 +293,125 @@ def embedding(ids, table, pos=None, pos0=0):
                           (_block_for(C),), (y, _contiguous(table), ids64, None if pos is None else _contiguous(pos),
                                              _i32(C), _i32(L), _i32(pos0)))
     return y
+
+
+# ---------------------------------------------------------------------------------------------
+# backward ops (arguments validated by qkv._ops): the row kernels of layernorm.cu, activation.cu,
+# softmax.cu and embedding.cu; the GEMMs of linear_backward are cuBLAS's. Row reductions go
+# through fixed chunks (kernels.row_chunks) and sum_partials: no atomics, the same bits every run.
+
+
+def _sum_partials(family, out, partial, n_chunks, stride, N):
+    """out (N,) = sum over chunks, in order, of partial rows (fp32, ``stride`` elements apart)."""
+    _runtime().launch(family, kernels.expr("sum_partials", _dtype_name(out.dtype)), (math.ceil(N / 256),), (256,),
+                      (out, partial, _i32(n_chunks), _i64(stride), _i32(N)))
+    return out
+
+
+def layer_norm_backward(dy, x, weight=None, bias=None, eps=1e-5, mean=None, rstd=None):
+    rt = _runtime()
+    xp = rt.xp
+    dt = _dtype_name(x.dtype)
+    xr, dyr = _rows_of(x), _rows_of(dy)
+    R, C = xr.shape
+    n_chunks, per = kernels.row_chunks(R)
+    partial = xp.empty((n_chunks, 2, C), dtype=np.float32)  # per chunk: [sum dy * xhat | sum dy]
+    dx = xp.empty(x.shape, dtype=x.dtype)
+    m = None if mean is None else xp.ascontiguousarray(mean, dtype=np.float32)
+    r = None if rstd is None else xp.ascontiguousarray(rstd, dtype=np.float32)
+    rt.launch("layernorm", kernels.expr("layernorm_bwd", dt), (n_chunks,), (_block_for(C),),
+              (dx, partial, dyr, xr, None if weight is None else _contiguous(weight), m, r, _i32(R), _i32(C),
+               _i32(per), np.float32(eps)))
+    if weight is None and bias is None:
+        return dx, None, None
+    both = _sum_partials("layernorm", xp.empty(2 * C, dtype=x.dtype), partial, n_chunks, 2 * C, 2 * C)
+    return dx, None if weight is None else both[:C], None if bias is None else both[C:]
+
+
+def _act_backward(dx, dy, x, act):
+    """dx = dy * act'(x) over contiguous arrays of the same shape."""
+    total = x.size
+    blocks = max(1, min(math.ceil(total / 256), 1 << 20))
+    _runtime().launch("activation", kernels.expr("act_bwd", _dtype_name(x.dtype)), (blocks,), (256,),
+                      (dx, dy, x, _i64(total), _i32(act)))
+    return dx
+
+
+def gelu_backward(dy, x, approximate="tanh"):
+    xp = _runtime().xp
+    dx = xp.empty(x.shape, dtype=x.dtype)
+    return _act_backward(dx, _contiguous(dy), _contiguous(x), ACTIVATION_CODES["gelu_tanh" if approximate == "tanh"
+                                                                                else "gelu"])
+
+
+def softmax_backward(dy, y, scale=1.0):
+    xp = _runtime().xp
+    yr, dyr = _rows_of(y), _rows_of(dy)
+    R, N = yr.shape
+    dx = xp.empty(y.shape, dtype=y.dtype)
+    _runtime().launch("softmax", kernels.expr("softmax_bwd", _dtype_name(y.dtype)), (R,), (_block_for(N),),
+                      (dx, dyr, yr, _i32(R), _i32(N), np.float32(scale)))
+    return dx
+
+
+def linear_backward(dy, x, weight, bias=None, activation=None, preact=None):
+    """One pass g = dy * act'(preact) (+ dbias's chunk sums), then dx = g W^T, dW = x^T g (cuBLAS)."""
+    rt = _runtime()
+    xp = rt.xp
+    K, N = weight.shape
+    dt = _dtype_name(x.dtype)
+    x2, dy2 = _rows_of(x), _rows_of(dy)
+    M = x2.shape[0]
+    act = ACTIVATION_CODES[activation]
+    pre2 = None if preact is None else _rows_of(preact)
+    g = xp.empty((M, N), dtype=x.dtype) if act else dy2
+    db = None
+    if bias is not None:
+        n_chunks, per = kernels.row_chunks(M)
+        partial = xp.empty((n_chunks, N), dtype=np.float32)
+        rt.launch("activation", kernels.expr("act_bwd_cols", dt), (n_chunks, math.ceil(N / 256)), (256,),
+                  (g if act else None, partial, dy2, pre2, _i32(M), _i32(N), _i32(per), _i32(act)))
+        db = _sum_partials("activation", xp.empty(N, dtype=x.dtype), partial, n_chunks, N, N)
+    elif act:
+        _act_backward(g, dy2, pre2, act)
+    dx = _matmul(g, weight.T).reshape(x.shape)
+    fortran = weight.flags.f_contiguous and not weight.flags.c_contiguous
+    dw = _matmul(g.T, x2).T if fortran else _matmul(x2.T, g)  # (K, N) in the weight's memory order
+    return dx, dw, db
+
+
+def embedding_backward(dout, ids, num_embeddings):
+    """dtable (V, C): positions grouped by id with one sort of id * n + position (ties keep position
+    order whatever the sort), then one CTA per table row sums its rows in that order."""
+    xp = _runtime().xp
+    V, C = num_embeddings, dout.shape[-1]
+    d2 = _rows_of(dout)
+    n = d2.shape[0]
+    dtable = xp.empty((V, C), dtype=dout.dtype)
+    ids64 = xp.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    order = xp.ascontiguousarray(xp.sort(ids64 * n + xp.arange(n, dtype=np.int64)) % max(n, 1))
+    start = xp.zeros(V + 1, dtype=np.int64)
+    start[1:] = xp.cumsum(xp.bincount(ids64, minlength=V))
+    _runtime().launch("embedding", kernels.expr("embedding_bwd", _dtype_name(dout.dtype)), (V,), (_block_for(C),),
+                      (dtable, d2, order, start, _i32(C)))
+    return dtable
+
+
+def cross_entropy(logits, targets, ignore_index=-1, return_grad=False):
+    """One CTA per row: per-row losses (fp32) and, on request, dlogits; the mean over the
+    non-ignored rows is a float64 sum of the per-row losses."""
+    xp = _runtime().xp
+    xr = _rows_of(logits)
+    R, V = xr.shape
+    t = xp.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
+    n_valid = int((t != ignore_index).sum())  # the gradient's scale: one device-to-host read
+    losses = xp.empty(R, dtype=np.float32)
+    dx = xp.empty(logits.shape, dtype=logits.dtype) if return_grad else None
+    _runtime().launch("softmax", kernels.expr("cross_entropy_rows", _dtype_name(logits.dtype)), (R,),
+                      (_block_for(V),), (dx, losses, xr, t, _i32(V), _i64(ignore_index),
+                                         np.float32(1.0 / max(n_valid, 1))))
+    loss = xp.asarray(losses.astype(np.float64).sum() / max(n_valid, 1), dtype=np.float32)  # 0-d
+    return (loss, dx) if return_grad else loss
 
 
 # ---------------------------------------------------------------------------------------------

@@ -100,3 +100,17 @@ template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float* d, c
 #ifndef QKV_CPU_SIM
 #define QKV_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
+
+// sum_partials: out[j] = sum over c = 0 .. n_chunks-1, in that order, of partial[c * stride + j],
+// j < N, one thread per column. The fixed-order second stage of the backward kernels' row
+// reductions (layer norm dweight/dbias, linear dbias): chunks of rows first sum into their own
+// partial rows, then this adds the chunks, so no atomics and the same bits on every run.
+template <typename T>
+__global__ void sum_partials(T* __restrict__ out, const float* __restrict__ partial, int n_chunks, long long stride,
+                             int N) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= N) return;
+    float s = 0.f;
+    for (int c = 0; c < n_chunks; c++) s += partial[c * stride + j];
+    out[j] = qkv::from_float<T>(s);
+}

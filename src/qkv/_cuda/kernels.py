@@ -35,11 +35,26 @@ FAMILIES = {
         ("attn_rows", ALL, ATTN_ROWS_DMAX),
         ("attn_combine", ALL, (None,)),
     ]),
-    "softmax": ("softmax.cu", [("softmax_rows", ALL, (None,))]),
-    "layernorm": ("layernorm.cu", [("layernorm_rows", ALL, (None,))]),
-    "activation": ("activation.cu", [("bias_act", ALL, (None,))]),
-    "embedding": ("embedding.cu", [("embedding_gather", ALL, (None,))]),
+    "softmax": ("softmax.cu", [("softmax_rows", ALL, (None,)), ("softmax_bwd", ALL, (None,)),
+                               ("cross_entropy_rows", ALL, (None,))]),
+    "layernorm": ("layernorm.cu", [("layernorm_rows", ALL, (None,)), ("layernorm_bwd", ALL, (None,)),
+                                   ("sum_partials", ALL, (None,))]),
+    "activation": ("activation.cu", [("bias_act", ALL, (None,)), ("act_bwd", ALL, (None,)),
+                                     ("act_bwd_cols", ALL, (None,)), ("sum_partials", ALL, (None,))]),
+    "embedding": ("embedding.cu", [("embedding_gather", ALL, (None,)), ("embedding_bwd", ALL, (None,))]),
 }
+
+# Row reductions of the backward kernels (layer norm dweight/dbias, linear dbias): rows go in
+# chunks of at least ROW_CHUNK_MIN_ROWS, at most ROW_CHUNKS_MAX chunks, a function of R only, so
+# the order of every sum is fixed by the shape (see sum_partials in common.cuh).
+ROW_CHUNKS_MAX, ROW_CHUNK_MIN_ROWS = 256, 8
+
+
+def row_chunks(R):
+    """(number of chunks, rows per chunk) for a row reduction over R rows."""
+    n = max(1, min(ROW_CHUNKS_MAX, -(-R // ROW_CHUNK_MIN_ROWS)))
+    per = -(-R // n)
+    return -(-R // per), per
 
 
 def expr(template, dtype, param=None):

@@ -75,3 +75,72 @@ __global__ void softmax_rows(T* __restrict__ y, const T* __restrict__ x, int R, 
         yr[j] = qkv::from_float<T>(s == qkv::neg_inf() ? 0.f : softmax_weight(s, m_use, inf_row) * inv);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// softmax_bwd: dx = scale * y * (dy - sum(dy * y)) per row, one CTA per row, from y (R, N). Where
+// y == 0 (masked) dx is exactly 0 and dy is not read into the sum (NaN/Inf there change nothing).
+template <typename T>
+__global__ void softmax_bwd(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ y, int R, int N,
+                            float scale) {
+    __shared__ float red[32];
+    const long long off = (long long)blockIdx.x * N;
+    float s = 0.f;
+    for (int j = threadIdx.x; j < N; j += blockDim.x) {
+        const float p = qkv::to_float(y[off + j]);
+        if (p != 0.f) s += qkv::to_float(dy[off + j]) * p;
+    }
+    s = block_reduce<false>(s, red);
+    for (int j = threadIdx.x; j < N; j += blockDim.x) {
+        const float p = qkv::to_float(y[off + j]);
+        dx[off + j] = qkv::from_float<T>(p != 0.f ? scale * p * (qkv::to_float(dy[off + j]) - s) : 0.f);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// cross_entropy_rows: the fused cross-entropy, one CTA per row of logits x (R, V).
+//   loss[r] = logsumexp(x[r]) - x[r, t] (+inf if x[r, t] = -inf; NaN if the row holds NaN or +inf;
+//             0 if t == ignore_index)
+//   dx[r]   = (softmax(x[r]) - onehot(t)) * gscale (zeros on an ignored row; NaN on a NaN row)
+// One sweep reads the row for an online max / sum per thread (the sum rescaled by exp(m_old -
+// m_new) when the thread's max grows), two block reductions combine the threads, and a second
+// sweep writes dx, the one-hot subtraction folded in by the thread that owns column t. No (R, V)
+// buffer besides dx; dx may be null (loss only). losses (R,) fp32; the caller sums them.
+template <typename T>
+__global__ void cross_entropy_rows(T* __restrict__ dx, float* __restrict__ losses, const T* __restrict__ x,
+                                   const long long* __restrict__ targets, int V, long long ignore_index,
+                                   float gscale) {
+    __shared__ float red[32];
+    const long long off = (long long)blockIdx.x * V;
+    const long long t = targets[blockIdx.x];
+    if (t == ignore_index) {  // uniform over the CTA
+        if (threadIdx.x == 0) losses[blockIdx.x] = 0.f;
+        if (dx)
+            for (int j = threadIdx.x; j < V; j += blockDim.x) dx[off + j] = qkv::from_float<T>(0.f);
+        return;
+    }
+    const float ninf = qkv::neg_inf();
+    float m = ninf, s = 0.f, bad = 0.f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        const float v = qkv::to_float(x[off + j]);
+        if (v != v || v == -ninf) bad = 1.f;
+        if (v > m) {
+            s = s * expf(m - v) + 1.f;  // expf(-inf) = 0 on the first visible score
+            m = v;
+        } else if (v != ninf) {
+            s += expf(v - m);
+        }
+    }
+    bad = block_reduce<true>(bad, red);
+    const float M = block_reduce<true>(m, red);
+    s = block_reduce<false>(m == ninf ? 0.f : s * expf(m - M), red);
+    const float xt = qkv::to_float(x[off + t]);
+    if (threadIdx.x == 0)
+        losses[blockIdx.x] = bad != 0.f ? __int_as_float(0x7fc00000) : (xt == ninf ? -ninf : (M - xt) + logf(s));
+    if (!dx) return;
+    const float inv = gscale / s;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float p = M == ninf ? 0.f : expf(qkv::to_float(x[off + j]) - M) * inv;
+        if (j == t) p -= gscale;
+        dx[off + j] = qkv::from_float<T>(bad != 0.f ? __int_as_float(0x7fc00000) : p);
+    }
+}
