@@ -16,12 +16,8 @@ import time
 import numpy as np
 
 import qkv
-from qkv._bench import cpu_model
+from qkv._bench import ENV_KEYS, cpu_model
 from qkv.commands.info import blas_info
-
-# environment variables that change what runs or how fast: recorded with every result (None: unset)
-ENV_KEYS = ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
-            "OPENBLAS_THREAD_TIMEOUT", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "QKV_SIMD")
 
 
 def _call_seconds(fn):
@@ -60,7 +56,7 @@ def machine_meta(rounds, **extra):
         "torch_threads": None if torch is None else torch.get_num_threads(),
         **({"transformers": transformers.__version__} if transformers is not None else {}),
         "blas": [{k: b.get(k) for k in ("library", "version", "kernel", "threads")} for b in blas_info()],
-        "env": {k: os.environ.get(k) for k in ENV_KEYS},
+        "env": {k: os.environ.get(k) for k in ENV_KEYS},  # None: unset
         "rounds": rounds,
         **extra,
     }

@@ -2,6 +2,7 @@
 
     python benchmarks/update_results.py            # measure (qkv bench + attention sweep + peak memory), then render
     python benchmarks/update_results.py --render   # only rewrite BENCHMARKS.md from benchmarks/results/*.json
+    python benchmarks/update_results.py --bench    # re-measure only the qkv bench table, then render
 
 Writes benchmarks/results/qkv_bench_cpu.{json,txt}, attention_throughput.{json,png},
 attention_peakmem.json and BENCHMARKS.md at the repository root. Run it on a quiet machine:
@@ -52,7 +53,7 @@ def measure_peakmem():
     return rows
 
 
-def measure():
+def measure(bench_only=False):
     os.makedirs(RESULTS, exist_ok=True)
     env = dict(os.environ)
     bench_json = os.path.join(RESULTS, "qkv_bench_cpu.json")
@@ -63,6 +64,8 @@ def measure():
         sys.exit(out.stderr)
     with open(os.path.join(RESULTS, "qkv_bench_cpu.txt"), "w") as f:
         f.write(out.stdout.split("\nwrote ")[0] + "\n")
+    if bench_only:
+        return
     subprocess.run([sys.executable, os.path.join(HERE, "plot_attention.py")], env=env, check=True)
     with open(os.path.join(RESULTS, "attention_peakmem.json"), "w") as f:
         json.dump(measure_peakmem(), f, indent=2)
@@ -137,6 +140,7 @@ def render():
         impls = list(dict.fromkeys(r["impl"] for r in tp["rows"]))
         Ls = sorted({r["L"] for r in tp["rows"]})
         out += [f"## Attention throughput against sequence length ({tp['shape']}, {tp['threads']} threads)", "",
+                f"Measured {tp['date_utc']} UTC by `benchmarks/plot_attention.py`.", "",
                 "![attention throughput](benchmarks/results/attention_throughput.png)", ""]
         for causal in (False, True):
             get = {(r["impl"], r["L"]): r["gflops"] for r in tp["rows"] if r["causal"] == causal}
@@ -182,9 +186,11 @@ def render():
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--render", action="store_true", help="only rewrite BENCHMARKS.md from the saved results")
+    p.add_argument("--bench", action="store_true", help="re-measure only `qkv bench` (keep the attention sweep "
+                   "and peak memory), then render")
     args = p.parse_args()
     if not args.render:
-        measure()
+        measure(bench_only=args.bench)
     render()
 
 

@@ -353,6 +353,11 @@ def blas_kernels(blas):
 # the run
 
 
+# environment variables that change what runs or how fast (set by the user, or by qkv._env's defaults)
+ENV_KEYS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OPENBLAS_L2_SIZE",
+            "OPENBLAS_THREAD_TIMEOUT", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "QKV_SIMD")
+
+
 def machine_facts():
     """Versions, threads, the BLAS kernels loaded (threadpoolctl) and the allocator setting."""
     from qkv.commands.info import collect
@@ -366,8 +371,7 @@ def machine_facts():
                                                      "MALLOC_ARENA_MAX")},
         "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),
     }
-    facts["env"] = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
-                                               "OPENBLAS_L2_SIZE", "QKV_SIMD") if k in os.environ}
+    facts["env"] = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
     try:
         import torch
 
