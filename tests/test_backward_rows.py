@@ -477,7 +477,8 @@ def test_inputs_unchanged_and_views(backend, dtype):
     inputs = [x, dy, w, W, y, pre, m, r, ids]
     before = [a.tobytes() for a in inputs]
     xc = np.ascontiguousarray(x)
-    for a, b in zip(qkv.layer_norm_backward(dy, x, w, w, mean=m, rstd=r), ref.layer_norm_backward(dy, xc, w, w, 1e-5, m, r)):
+    got = qkv.layer_norm_backward(dy, x, w, w, mean=m, rstd=r)
+    for a, b in zip(got, ref.layer_norm_backward(dy, xc, w, w, 1e-5, m, r)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(qkv.gelu_backward(dy, x), qkv.gelu_backward(np.ascontiguousarray(dy), xc))
     np.testing.assert_array_equal(qkv.softmax_backward(dy, y), qkv.softmax_backward(dy, np.ascontiguousarray(y)))
@@ -511,3 +512,53 @@ def test_same_bits_for_one_and_two_threads(threads):
         lambda: (qkv.embedding_backward(dy, ids, 50),),
     ):
         same_bits_for_1_and_2_threads(threads, call)
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda: qkv.gelu_backward(np.zeros(3, np.float32), np.zeros(3, np.float32), "erf"), ValueError,
+         "approximate must be 'tanh' or 'none'"),
+        (lambda: qkv.gelu_backward(np.zeros(4, np.float32), np.zeros(3, np.float32)), ValueError,
+         r"dy has shape \(4,\) but x has shape \(3,\)"),
+        (lambda: qkv.gelu_backward([0.0], np.zeros(1, np.float32)), TypeError, "dy must be a NumPy or CuPy array"),
+        (lambda: qkv.softmax_backward(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), axis=2),
+         ValueError, r"axis 2 is out of range for y of shape \(2, 3\)"),
+        (lambda: qkv.softmax_backward(np.zeros((2, 3), np.float64), np.zeros((2, 3), np.float32)), TypeError,
+         "dy has dtype float64 but y has dtype float32"),
+        (lambda: qkv.softmax_backward(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), scale=np.inf),
+         TypeError, "scale must be a finite"),
+        (lambda: qkv.layer_norm_backward(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32),
+                                         np.zeros(4, np.float32)), ValueError,
+         r"weight must have shape \(3,\) to match x of shape \(2, 3\), got \(4,\)"),
+        (lambda: qkv.linear_backward(np.zeros((2, 5), np.float32), np.zeros((2, 3), np.float32),
+                                     np.zeros((4, 5), np.float32)), ValueError,
+         r"x of shape \(2, 3\) has 3 features but weight of shape \(4, 5\) expects 4"),
+        (lambda: qkv.linear_backward(np.zeros((2, 5), np.float32), np.zeros((2, 4), np.float32),
+                                     np.zeros((4, 5), np.float32), activation="tanh"), ValueError,
+         "activation must be one of"),
+    ],
+)
+def test_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_numpy_backend_float16():
+    """The reference backend also takes float16 (the cuda backend's dtype): statistics in float32."""
+    rng = RNG(80)
+    x = rng.standard_normal((5, 16)).astype(np.float16)
+    with qkv.use_backend("numpy"):
+        y, m, r = qkv.layer_norm(x, return_stats=True)
+        assert m.dtype == r.dtype == np.float32
+        dx, _, _ = qkv.layer_norm_backward(x, x, mean=m, rstd=r)
+        loss, d = qkv.cross_entropy(x, np.arange(5), return_grad=True)
+    assert dx.dtype == d.dtype == np.float16 and loss.dtype == np.float32
+
+
+def test_layer_norm_return_stats_with_out(backend, dtype):
+    x = RNG(81).standard_normal((3, 20)).astype(dtype)
+    out = np.empty_like(x)
+    y, m, r = qkv.layer_norm(x, out=out, return_stats=True)
+    assert y is out
+    np.testing.assert_array_equal(out, qkv.layer_norm(x))

@@ -10,7 +10,8 @@ one-hot subtraction p - 1 costs an ulp of 1.
 import numpy as np
 import pytest
 from conftest import adversarial_rows
-from test_backward_rows import assert_bound, assert_fd, eps, fd_grad, frozen, same_bits_for_1_and_2_threads, threads  # noqa: F401
+from test_backward_rows import (assert_bound, assert_fd, eps, fd_grad, frozen,  # noqa: F401 (threads: a fixture)
+                                same_bits_for_1_and_2_threads, threads)
 
 import qkv
 from qkv import _reference as ref

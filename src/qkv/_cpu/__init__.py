@@ -163,8 +163,9 @@ def linear_backward(dy, x, weight, bias=None, activation=None, preact=None):
     db = None if bias is None else np.empty(N, x.dtype)
     act = ACTIVATION_CODES[activation]
     g = np.empty((dx.size // K, N), x.dtype) if act else None  # dy * act'(preact)
-    linear_backward_rows(dx.reshape(-1, K), dw, db, g, _rows(dy), _rows(x), w, None if preact is None else _rows(preact),
-                         act, _config.simd_level(), _config.get_num_threads())
+    pre = None if preact is None else _rows(preact)
+    linear_backward_rows(dx.reshape(-1, K), dw, db, g, _rows(dy), _rows(x), w, pre, act, _config.simd_level(),
+                         _config.get_num_threads())
     return dx, dw, db
 
 
