@@ -10,14 +10,15 @@ from qkv import _env  # noqa: F401  (thread-pool defaults; must precede loading 
 
 from qkv._backend import BackendUnavailable, backends, get_backend, set_backend, use_backend
 from qkv._config import get_num_threads, set_num_threads
-from qkv._ops import (attention, cross_entropy, embedding_backward, gelu, gelu_backward, layer_norm,
-                      layer_norm_backward, linear, linear_backward, mlp, softmax, softmax_backward)
+from qkv._ops import (attention, attention_backward, cross_entropy, embedding_backward, gelu, gelu_backward,
+                      layer_norm, layer_norm_backward, linear, linear_backward, mlp, softmax, softmax_backward)
 from qkv import nn  # noqa: E402  (the model API; imports only qkv ops)
 from qkv.nn.params import count_parameters  # noqa: E402
 
 __all__ = [
     "BackendUnavailable",
     "attention",
+    "attention_backward",
     "backends",
     "count_parameters",
     "cross_entropy",

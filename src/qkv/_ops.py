@@ -505,3 +505,77 @@ def cross_entropy(logits, targets, ignore_index=-1, *, return_grad=False):
             raise ValueError(f"{op}: targets must lie in [0, {V}) (logits {_shape(logits)}) or equal ignore_index "
                              f"{ignore_index}, got {int(first)}")
     return be.cross_entropy(logits, targets, ignore_index, return_grad=bool(return_grad))
+
+
+# ---------------------------------------------------------------------------------------------
+# attention backward
+
+
+def _check_attention_inputs(op, be, q, k, v, causal, mask, kv_lengths, scale):
+    """attention's checks of q, k, v and its options; returns (causal, mask, scale) normalised."""
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if _backend.array_kind(a) is None:
+            raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
+        if a.ndim != 4:
+            raise ValueError(f"{op}: {name} must be 4-D (B, H, L, D), got shape {_shape(a)}")
+        _check_float(op, name, a, be)
+        _check_nonempty(op, name, a)
+    _check_same_dtype(op, "q", q, {"k": k, "v": v})
+    B, Hq, Lq, D = q.shape
+    _, Hkv, Lk, Dk = k.shape
+    if k.shape[0] != B or v.shape[0] != B:
+        raise ValueError(f"{op}: batch sizes differ: q {_shape(q)}, k {_shape(k)}, v {_shape(v)}")
+    if Dk != D:
+        raise ValueError(f"{op}: q and k head dims differ: q {_shape(q)}, k {_shape(k)}")
+    if v.shape[1] != Hkv or v.shape[2] != Lk:
+        raise ValueError(f"{op}: k and v must agree on (B, H, L): k {_shape(k)}, v {_shape(v)}")
+    if Hq % Hkv:
+        raise ValueError(f"{op}: q heads ({Hq}) must be a multiple of k/v heads ({Hkv}): q {_shape(q)}, k {_shape(k)}")
+    causal = _check_causal(op, causal)
+    scale = 1.0 / math.sqrt(D) if scale is None else _check_scalar(op, "scale", scale)
+    mask = _check_mask(op, mask, (B, Hq, Lq, Lk), be, q.dtype, "scores (B, Hq, Lq, Lk) =")
+    if kv_lengths is not None:
+        if _backend.array_kind(kv_lengths) is None:
+            raise TypeError(f"{op}: kv_lengths must be an integer array of shape ({B},)")
+        if kv_lengths.dtype.kind not in "iu":
+            raise TypeError(f"{op}: kv_lengths must be integers, got dtype {kv_lengths.dtype}")
+        if _shape(kv_lengths) != (B,):
+            raise ValueError(f"{op}: kv_lengths must have shape ({B},) for q of shape {_shape(q)}, got {_shape(kv_lengths)}")
+        if int(kv_lengths.min()) < 0 or int(kv_lengths.max()) > Lk:
+            raise ValueError(f"{op}: kv_lengths must lie in [0, {Lk}] (Lk), got min {int(kv_lengths.min())} "
+                             f"max {int(kv_lengths.max())}")
+    return causal, mask, scale
+
+
+def attention_backward(dout, q, k, v, out, lse, *, causal=False, mask=None, kv_lengths=None, scale=None):
+    """Gradients of :func:`attention`: ``(dq, dk, dv)``, FlashAttention-2's algorithm.
+
+    dout (B, Hq, Lq, Dv) is the gradient of the output; q, k, v, causal, mask, kv_lengths and scale
+    are the forward's; out (B, Hq, Lq, Dv) and lse (B, Hq, Lq) are what
+    ``attention(..., return_lse=True)`` returned. The probabilities are recomputed tile by tile from
+    q, k and lse (the Lq x Lk matrix is never materialised). dk and dv (B, Hkv, Lk, D/Dv) sum over
+    the query heads of each group (GQA/MQA). A masked key gets exactly zero dk and dv, even when its
+    key or value holds NaN/Inf; a query with no visible key gets zero dq. An additive mask receives
+    no gradient (it is a constant of the forward; none is returned).
+    """
+    op = "attention_backward"
+    be = _backend.select(op, {"dout": dout, "q": q, "k": k, "v": v, "out": out, "lse": lse, "mask": mask,
+                              "kv_lengths": kv_lengths})
+    causal, mask, scale = _check_attention_inputs(op, be, q, k, v, causal, mask, kv_lengths, scale)
+    B, Hq, Lq, _ = q.shape
+    o_shape = (B, Hq, Lq, v.shape[3])
+    for name, a in (("dout", dout), ("out", out)):
+        if _backend.array_kind(a) is None:
+            raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
+        if _shape(a) != o_shape:
+            raise ValueError(f"{op}: {name} must have shape {o_shape} (q {_shape(q)}, v {_shape(v)}), got {_shape(a)}")
+    _check_same_dtype(op, "q", q, {"dout": dout, "out": out})
+    if _backend.array_kind(lse) is None:
+        raise TypeError(f"{op}: lse must be an array, got {type(lse).__name__}")
+    if _shape(lse) != (B, Hq, Lq) or lse.dtype.kind != "f":
+        raise ValueError(f"{op}: lse must be a float array of shape {(B, Hq, Lq)} (attention(..., return_lse=True)), "
+                         f"got {_shape(lse)} {lse.dtype}")
+    sd = _stats_dtype(q.dtype)
+    if lse.dtype != sd:
+        lse = lse.astype(sd)
+    return be.attention_backward(dout, q, k, v, out, lse, scale, causal=causal, mask=mask, kv_lengths=kv_lengths)

@@ -344,3 +344,49 @@ def cross_entropy(logits, targets, ignore_index=-1, return_grad=False):
     g = np.where(bad[:, None], np.nan, p - onehot) / max(n_valid, 1)
     g = np.where(valid[:, None], g, 0.0)
     return loss, g.reshape(logits.shape).astype(logits.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention backward
+#
+# The gradients of out = softmax(scale * q k^T + mask) v, from the forward's out and lse:
+#   P = exp(S - lse) (S the masked scaled scores; 0 where S = -inf), D = rowsum(dO * O),
+#   dV = P^T dO, dP = dO V^T, dS = P * (dP - D), dQ = scale dS K, dK = scale dS^T Q,
+# with dK, dV summed over the query heads of each group (GQA/MQA). Hidden (query, key) pairs are
+# selected out of every product, never multiplied by 0, so NaN/Inf in a masked key or value gives
+# exactly zero there; a row with nothing visible (lse = -inf) gives zero dq. An additive mask is a
+# constant of the forward: it receives no gradient.
+
+
+@_quiet
+def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, kv_lengths=None):
+    """(dq, dk, dv) of attention; dout and out (B, Hq, Lq, Dv), lse (B, Hq, Lq) from the forward.
+
+    q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv): the forward's arguments, with the same
+    causal, mask and kv_lengths. The additive mask gets no gradient (it is not returned).
+    """
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    group = Hq // Hkv
+    q64 = q.astype(np.float64)
+    k64 = np.repeat(k.astype(np.float64), group, axis=1)  # (B, Hq, Lk, D)
+    v64 = np.repeat(v.astype(np.float64), group, axis=1)  # (B, Hq, Lk, Dv)
+    do64, o64 = dout.astype(np.float64), out.astype(np.float64)
+    lse64 = lse.astype(np.float64)[..., None]  # (B, Hq, Lq, 1)
+    s = np.einsum("bhqd,bhkd->bhqk", q64, k64) * scale  # (B, Hq, Lq, Lk)
+    if kv_lengths is not None:
+        s = np.where(causal_keep(Lq, Lk, causal, kv_lengths), s, -np.inf)
+        causal = None
+    s = _masked_scores(s, mask, causal)
+    hidden = (s == -np.inf) | (lse64 == -np.inf)  # (B, Hq, Lq, Lk)
+    p = np.where(hidden, 0.0, np.exp(np.where(hidden, 0.0, s - lse64)))
+    Drow = np.where(lse64 == -np.inf, 0.0, (do64 * o64).sum(axis=-1, keepdims=True))  # (B, Hq, Lq, 1)
+    dp = np.einsum("bhqd,bhkd->bhqk", do64, v64)
+    ds = np.where(hidden, 0.0, p * (dp - Drow))
+    hidden_t = hidden.transpose(0, 1, 3, 2)
+    dq = scale * _weighted_values(ds, k64, hidden)
+    dk = scale * _weighted_values(ds.transpose(0, 1, 3, 2), q64, hidden_t)  # (B, Hq, Lk, D)
+    dv = _weighted_values(p.transpose(0, 1, 3, 2), do64, hidden_t)  # (B, Hq, Lk, Dv)
+    dk = dk.reshape(B, Hkv, group, Lk, D).sum(axis=2)
+    dv = dv.reshape(B, Hkv, group, Lk, v.shape[3]).sum(axis=2)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
