@@ -148,6 +148,44 @@ static int attn_parallel(const void* job, size_t scratch, attn_loop first, attn_
 #undef NEG_INF
 
 // ---------------------------------------------------------------------------------------------
+// backward: one call, as its work items read it (the plain items per dtype and ISA here, the tiled
+// float32 ones after attention_tiled.inc in each ISA block, the driver at the end of this file)
+
+typedef struct {
+    const attn_args* a;
+    void *dq, *dk, *dv;      // (B, Hq, Lq, D), (B, Hkv, Lk, D), (B, Hkv, Lk, Dv) contiguous
+    void* dqpart;            // (nchunk - 1, B, Hq, Lq, D): the dq of key chunks 1.., or NULL
+    const void *dout, *out;  // (B, Hq, Lq, Dv) contiguous
+    const void* lse;         // (B, Hq, Lq) contiguous, natural log
+    const void *q, *k, *v;   // strided as in attn_args
+    double scale;
+    int64_t chunk, nchunk;   // keys per chunk (a multiple of 64), chunks per (batch, kv head)
+} attn_bwd_job;
+
+#undef QKV_INC
+#define QKV_INC "attention_backward.inc"
+#define T float
+#define SFX f32
+#define EXP qkv_expf
+#define NEG_INF qkv_neg_inf_f()
+#include "qkv_isa_instances.h"
+#undef T
+#undef SFX
+#undef EXP
+#undef NEG_INF
+
+#define T double
+#define SFX f64
+#define EXP qkv_exp
+#define NEG_INF qkv_neg_inf_d()
+#include "qkv_isa_instances.h"
+#undef T
+#undef SFX
+#undef EXP
+#undef NEG_INF
+#undef QKV_INC
+
+// ---------------------------------------------------------------------------------------------
 // tiled path (float32): helpers shared by the ISA builds, then AVX-512 and AVX2 instantiations
 
 // block sizes (benchmarks/dev/attention_versions.py builds variants with -D overrides)
@@ -297,6 +335,11 @@ static inline __m512 vexp2__avx512(__m512 x) {
                                                _mm512_set1_epi32((int)((t) < 4096 ? (t) : 4096))),       \
                        _mm512_set1_ps(qkv_neg_inf_f()))
 #include "attention_tiled.inc"
+#define RKB 4  // backward dK/dV microkernel: RKB keys x NCB vectors of columns
+#define NCB 4
+#include "attention_backward_tiled.inc"
+#undef RKB
+#undef NCB
 #undef ISA
 #undef VF
 #undef W
@@ -379,6 +422,11 @@ static inline __m256 vexp2__avx2(__m256 x) {
                          _mm256_add_epi32(_mm256_set1_epi32((int)(base)),                                \
                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))))
 #include "attention_tiled.inc"
+#define RKB 4  // backward dK/dV microkernel: RKB keys x NCB vectors of columns
+#define NCB 2
+#include "attention_backward_tiled.inc"
+#undef RKB
+#undef NCB
 #undef ISA
 #undef VF
 #undef W
@@ -534,4 +582,130 @@ int qkv_attention_f64(double* out, double* lse, double* weights, const double* q
     if (attn_choose_path(0, shape, weights != NULL, path, simd) == QKV_ATTN_PATH_SPLITK)
         return attn_splitk_f64(out, lse, q, k, v, &a, scale, simd, n_threads);
     return attn_plain_f64(out, lse, weights, q, k, v, &a, scale, simd, n_threads);
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward: the driver and entry points
+//
+// FlashAttention-2's backward (attention_backward.inc, attention_backward_tiled.inc): P is recomputed
+// tile by tile from q, k and the forward's lse, D = rowsum(dO * O), then dV += P^T dO, dP = dO V^T,
+// dS = P (dP - D), dQ += scale dS K, dK += scale dS^T Q; the Lq x Lk matrix is never materialised.
+// Work items are (key chunk, batch, kv head), chunk-major (under a causal mask the first chunks are
+// the costliest): an item owns the dk/dv rows of its keys, summed over the group's query heads in
+// order, so no atomics. Its share of dq goes to dq (chunk 0) or to that chunk's partial buffer; a
+// second loop adds the partials to dq row by row in chunk order. The chunking depends on the shapes
+// only: 1 and n threads give identical bits. Extra memory: the partials (capped at
+// ATTN_BWD_PART_BYTES, none when B * Hkv alone gives ATTN_BWD_ITEMS items) and per-thread scratch.
+
+#define ATTN_BWD_ITEMS 24                // aim for at least this many work items
+#define ATTN_BWD_PART_BYTES (48LL << 20)  // at most this much for the partial dq of chunks 1..
+
+static void attn_bwd_chunks(const attn_args* a, size_t elem, int64_t* chunk, int64_t* nchunk) {
+    const int64_t ntile = (a->Lk + 63) / 64, bh = a->B * a->Hkv;
+    const double part = (double)elem * (double)(a->B * a->Hq * a->Lq * a->D);
+    int64_t n = (ATTN_BWD_ITEMS + bh - 1) / bh;
+    const int64_t cap = 1 + (int64_t)((double)ATTN_BWD_PART_BYTES / (part > 1 ? part : 1));
+    if (n > cap) n = cap;
+    if (n > ntile) n = ntile;
+    if (n < 1) n = 1;
+    *chunk = (ntile + n - 1) / n * 64;
+    *nchunk = (a->Lk + *chunk - 1) / *chunk;
+}
+
+// The one place that picks the backward path (shapes, dtype, SIMD level and request, never the thread
+// count). The tiled one needs float32, AVX2 or better, and head dims that fill whole vectors.
+static int attn_bwd_choose_path(int is_f32, const int64_t* shape, int path, int simd) {
+#ifdef QKV_ATTN_HAVE_TILED
+    const int w = simd >= QKV_SIMD_AVX512 ? 16 : 8;
+    const int tiled_ok = is_f32 && simd >= QKV_SIMD_AVX2 && shape[5] % w == 0 && shape[6] % w == 0;
+#else
+    const int tiled_ok = 0;
+    (void)is_f32; (void)shape; (void)simd;
+#endif
+    return (path == QKV_ATTN_PATH_AUTO || path == QKV_ATTN_PATH_TILED) && tiled_ok ? QKV_ATTN_PATH_TILED
+                                                                                   : QKV_ATTN_PATH_PLAIN;
+}
+
+int qkv_attention_backward_path(int is_f32, const int64_t* shape, int path, int simd) {
+    return attn_bwd_choose_path(is_f32, shape, path, simd);
+}
+
+static int attn_bwd_run(attn_bwd_job* jb, size_t elem, void (*item)(const void*, int64_t, void*),
+                        void (*reduce)(const void*, int64_t, void*), size_t scratch, int n_threads) {
+    const attn_args* a = jb->a;
+    attn_bwd_chunks(a, elem, &jb->chunk, &jb->nchunk);
+    jb->dqpart = NULL;
+    if (jb->nchunk > 1) {
+        jb->dqpart = attn_alloc(elem * (size_t)((jb->nchunk - 1) * a->B * a->Hq * a->Lq * a->D));
+        if (!jb->dqpart) return QKV_ENOMEM;
+    }
+    const attn_loop items = {item, jb->nchunk * a->B * a->Hkv, 1};
+    const attn_loop rows = jb->nchunk > 1 ? (attn_loop){reduce, a->B * a->Hq * a->Lq, 64} : ATTN_NO_LOOP;
+    const int st = attn_parallel(jb, scratch, items, rows, n_threads);
+    free(jb->dqpart);
+    return st;
+}
+
+#ifdef QKV_ATTN_HAVE_TILED
+// tiled scratch: Qt, Qr, dQt (D, NQ); dOt, dOr (Dv, NQ); St, dSt (BK, NQ); Kf (BK, D); lse2, Dl
+// (NQ); the K-tile flags of one chunk. NQ = 64 covers both ISAs.
+static size_t attn_bwd_tiled_scratch(const attn_args* a, size_t elem) {
+    const int64_t nq = 64;
+    int64_t chunk, nchunk;
+    attn_bwd_chunks(a, elem, &chunk, &nchunk);
+    return sizeof(float) * (size_t)(3 * a->D * nq + 2 * a->Dv * nq + 2 * BK * nq + BK * a->D + 2 * nq) +
+           (size_t)(chunk / BK + 64);
+}
+#endif
+
+// both dtypes: check the arguments, then the tiled or the plain items of the SIMD level
+typedef void (*attn_item_fn)(const void*, int64_t, void*);
+static int attn_backward(attn_bwd_job* jb, attn_args* a, size_t elem, const int64_t* shape,
+                         const int64_t* stride, const void* mask, int mask_kind, const int64_t* mask_row_off,
+                         const int64_t* kv_lengths, int causal, int path, int simd, int n_threads,
+                         const attn_item_fn plain[3], attn_item_fn reduce) {
+    const int st = attn_make_args(a, shape, stride, mask, mask_kind, mask_row_off, kv_lengths, causal);
+    if (st) return st;
+    jb->a = a;
+    if (a->Lk == 0 || a->B * a->Hq * a->Lq == 0) {  // nothing visible anywhere: zero gradients
+        memset(jb->dq, 0, elem * (size_t)(a->B * a->Hq * a->Lq * a->D));
+        memset(jb->dk, 0, elem * (size_t)(a->B * a->Hkv * a->Lk * a->D));
+        memset(jb->dv, 0, elem * (size_t)(a->B * a->Hkv * a->Lk * a->Dv));
+        return QKV_OK;
+    }
+#ifdef QKV_ATTN_HAVE_TILED
+    if (attn_bwd_choose_path(elem == sizeof(float), shape, path, simd) == QKV_ATTN_PATH_TILED)
+        return attn_bwd_run(jb, elem, simd >= QKV_SIMD_AVX512 ? bwd_tiled_item__avx512 : bwd_tiled_item__avx2,
+                            reduce, attn_bwd_tiled_scratch(a, elem), n_threads);
+#endif
+    return attn_bwd_run(jb, elem, plain[simd >= QKV_SIMD_AVX512 ? 2 : simd == QKV_SIMD_AVX2 ? 1 : 0], reduce,
+                        elem * PLAIN_BK, n_threads);
+}
+
+int qkv_attention_backward_f32(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                               const float* k, const float* v, const float* out, const float* lse,
+                               const void* mask, int mask_kind, const int64_t* mask_row_off,
+                               const int64_t* kv_lengths, const int64_t* shape, const int64_t* stride,
+                               int causal, float scale, int path, int simd, int n_threads) {
+    static const attn_item_fn plain[3] = {attn_bwd_plain_item_f32_scalar, attn_bwd_plain_item_f32_avx2,
+                                          attn_bwd_plain_item_f32_avx512};
+    attn_args a;
+    attn_bwd_job jb = {.dq = dq, .dk = dk, .dv = dv, .dout = dout, .out = out, .lse = lse, .q = q, .k = k,
+                       .v = v, .scale = scale};
+    return attn_backward(&jb, &a, sizeof(float), shape, stride, mask, mask_kind, mask_row_off, kv_lengths, causal,
+                         path, simd, n_threads, plain, attn_bwd_reduce_item_f32_scalar);
+}
+
+int qkv_attention_backward_f64(double* dq, double* dk, double* dv, const double* dout, const double* q,
+                               const double* k, const double* v, const double* out, const double* lse,
+                               const void* mask, int mask_kind, const int64_t* mask_row_off,
+                               const int64_t* kv_lengths, const int64_t* shape, const int64_t* stride,
+                               int causal, double scale, int path, int simd, int n_threads) {
+    static const attn_item_fn plain[3] = {attn_bwd_plain_item_f64_scalar, attn_bwd_plain_item_f64_avx2,
+                                          attn_bwd_plain_item_f64_avx512};
+    attn_args a;
+    attn_bwd_job jb = {.dq = dq, .dk = dk, .dv = dv, .dout = dout, .out = out, .lse = lse, .q = q, .k = k,
+                       .v = v, .scale = scale};
+    return attn_backward(&jb, &a, sizeof(double), shape, stride, mask, mask_kind, mask_row_off, kv_lengths,
+                         causal, path, simd, n_threads, plain, attn_bwd_reduce_item_f64_scalar);
 }

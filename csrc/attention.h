@@ -37,4 +37,19 @@ int qkv_attention_f64(double* out, double* lse, double* weights, const double* q
 
 // which path `path` resolves to for these arguments (for `qkv info` and the benchmarks)
 int qkv_attention_path(int is_f32, const int64_t* shape, int has_weights, int path, int simd, int n_threads);
+
+// The backward (FlashAttention-2): dq (B, Hq, Lq, D), dk (B, Hkv, Lk, D), dv (B, Hkv, Lk, Dv) contiguous
+// outputs; dout and out (B, Hq, Lq, Dv) and lse (B, Hq, Lq) contiguous; q, k, v, mask, kv_lengths,
+// shape, stride, causal and scale as for the forward. path: auto, plain or tiled (split-K is plain).
+int qkv_attention_backward_f32(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                               const float* k, const float* v, const float* out, const float* lse,
+                               const void* mask, int mask_kind, const int64_t* mask_row_off,
+                               const int64_t* kv_lengths, const int64_t* shape, const int64_t* stride,
+                               int causal, float scale, int path, int simd, int n_threads);
+int qkv_attention_backward_f64(double* dq, double* dk, double* dv, const double* dout, const double* q,
+                               const double* k, const double* v, const double* out, const double* lse,
+                               const void* mask, int mask_kind, const int64_t* mask_row_off,
+                               const int64_t* kv_lengths, const int64_t* shape, const int64_t* stride,
+                               int causal, double scale, int path, int simd, int n_threads);
+int qkv_attention_backward_path(int is_f32, const int64_t* shape, int path, int simd);
 #endif

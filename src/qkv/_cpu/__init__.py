@@ -189,4 +189,4 @@ def cross_entropy(logits, targets, ignore_index=-1, return_grad=False):
     return (loss, dx) if return_grad else loss
 
 
-from qkv._cpu.attention import attention  # noqa: E402
+from qkv._cpu.attention import attention, attention_backward  # noqa: E402

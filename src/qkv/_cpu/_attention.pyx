@@ -128,3 +128,112 @@ def attention_path(bint is_f32, tuple shape, bint has_weights, int path, int sim
     for i in range(7):
         s[i] = shape[i]
     return PATH_NAMES[qkv_attention_path(is_f32, s, has_weights, path, simd, n_threads)]
+
+
+# ---------------------------------------------------------------------------------------------
+# backward
+
+cdef extern from "attention.h" nogil:
+    int qkv_attention_backward_f32(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                   const float* k, const float* v, const float* out, const float* lse,
+                                   const void* mask, int mask_kind, const int64_t* mask_row_off,
+                                   const int64_t* kv_lengths, const int64_t* shape, const int64_t* stride,
+                                   int causal, float scale, int path, int simd, int n_threads)
+    int qkv_attention_backward_f64(double* dq, double* dk, double* dv, const double* dout, const double* q,
+                                   const double* k, const double* v, const double* out, const double* lse,
+                                   const void* mask, int mask_kind, const int64_t* mask_row_off,
+                                   const int64_t* kv_lengths, const int64_t* shape, const int64_t* stride,
+                                   int causal, double scale, int path, int simd, int n_threads)
+    int qkv_attention_backward_path(int is_f32, const int64_t* shape, int path, int simd)
+
+
+def attention_bwd(object dq,              # OUT (B, Hq, Lq, D) contiguous
+                  object dk,              # OUT (B, Hkv, Lk, D) contiguous
+                  object dv,              # OUT (B, Hkv, Lk, Dv) contiguous
+                  object dout,            # IN  (B, Hq, Lq, Dv) contiguous
+                  object q,               # IN  (B, Hq, Lq, D), last axis contiguous
+                  object k,               # IN  (B, Hkv, Lk, D), last axis contiguous
+                  object v,               # IN  (B, Hkv, Lk, Dv), last axis contiguous
+                  object out,             # IN  (B, Hq, Lq, Dv) contiguous, the forward's output
+                  object lse,             # IN  (B, Hq, Lq) contiguous, the forward's log-sum-exp
+                  object mask,            # IN  mask base array (uint8 or q's dtype), or None
+                  object mask_row_off,    # IN  (B*Hq*Lq,) int64 element offsets of each mask row, or None
+                  int mask_kind,
+                  object kv_lengths,      # IN  (B,) int64, or None
+                  int causal, double scale, int path, int simd, int n_threads):
+    cdef int64_t shape[7]
+    cdef int64_t stride[9]
+    cdef int status = 0
+    cdef void* mp = NULL
+    cdef const int64_t* offp = NULL
+    cdef const int64_t* klp = NULL
+    dtype = q.dtype
+    if dtype not in (np.float32, np.float64) or k.dtype != dtype or v.dtype != dtype:
+        raise TypeError(f"attention_bwd: q, k, v must share a float32/float64 dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    cdef int is_f32 = dtype == np.float32
+    _strides(q, "q", &stride[0])
+    _strides(k, "k", &stride[3])
+    _strides(v, "v", &stride[6])
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    Dv = v.shape[3]
+    if k.shape[0] != B or k.shape[3] != D or tuple(v.shape[:3]) != (B, Hkv, Lk) or Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"attention_bwd: inconsistent shapes q {q.shape}, k {k.shape}, v {v.shape}")
+    shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6] = B, Hq, Hkv, Lq, Lk, D, Dv
+    _contiguous(dq, (B, Hq, Lq, D), dtype, "dq")
+    _contiguous(dk, (B, Hkv, Lk, D), dtype, "dk")
+    _contiguous(dv, (B, Hkv, Lk, Dv), dtype, "dv")
+    for name, a, shp in (("dout", dout, (B, Hq, Lq, Dv)), ("out", out, (B, Hq, Lq, Dv)), ("lse", lse, (B, Hq, Lq))):
+        if a is None or tuple(a.shape) != shp or a.dtype != dtype or not a.flags.c_contiguous:
+            raise ValueError(f"attention_bwd: {name} must be a C-contiguous {dtype} array of shape {shp}")
+    if dq is None or dk is None or dv is None:
+        raise ValueError("attention_bwd: dq, dk and dv are required")
+    if mask_kind != 0:
+        if mask is None or mask_row_off is None or mask_row_off.dtype != np.int64 or mask_row_off.ndim != 1 \
+                or mask_row_off.shape[0] != B * Hq * Lq or not mask_row_off.flags.c_contiguous:
+            raise ValueError("attention_bwd: mask offsets missing or of the wrong length")
+        if mask.dtype != (np.uint8 if mask_kind == 1 else dtype) or mask.shape[mask.ndim - 1] < Lk \
+                or mask.strides[mask.ndim - 1] != mask.itemsize:
+            raise ValueError(f"attention_bwd: mask of dtype {mask.dtype} shape {mask.shape} does not fit kind {mask_kind}")
+        if B * Hq * Lq and (mask_row_off.min() < 0 or mask_row_off.max() + Lk > mask.size):
+            raise ValueError("attention_bwd: mask offsets out of range")
+        mp = cnp.PyArray_DATA(<cnp.ndarray>mask)
+        offp = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>mask_row_off)
+    if kv_lengths is not None:
+        if kv_lengths.dtype != np.int64 or kv_lengths.ndim != 1 or kv_lengths.shape[0] != B \
+                or not kv_lengths.flags.c_contiguous:
+            raise ValueError("attention_bwd: kv_lengths must be a contiguous int64 array of shape (B,)")
+        klp = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>kv_lengths)
+    cdef void* dqp = cnp.PyArray_DATA(<cnp.ndarray>dq)
+    cdef void* dkp = cnp.PyArray_DATA(<cnp.ndarray>dk)
+    cdef void* dvp = cnp.PyArray_DATA(<cnp.ndarray>dv)
+    cdef const void* dop = cnp.PyArray_DATA(<cnp.ndarray>dout)
+    cdef const void* qp = cnp.PyArray_DATA(<cnp.ndarray>q)
+    cdef const void* kp = cnp.PyArray_DATA(<cnp.ndarray>k)
+    cdef const void* vp = cnp.PyArray_DATA(<cnp.ndarray>v)
+    cdef const void* op = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef const void* lp = cnp.PyArray_DATA(<cnp.ndarray>lse)
+    cdef float scale_f = scale
+    with nogil:
+        if is_f32:
+            status = qkv_attention_backward_f32(<float*>dqp, <float*>dkp, <float*>dvp, <const float*>dop,
+                                                <const float*>qp, <const float*>kp, <const float*>vp,
+                                                <const float*>op, <const float*>lp, mp, mask_kind, offp, klp,
+                                                shape, stride, causal, scale_f, path, simd, n_threads)
+        else:
+            status = qkv_attention_backward_f64(<double*>dqp, <double*>dkp, <double*>dvp, <const double*>dop,
+                                                <const double*>qp, <const double*>kp, <const double*>vp,
+                                                <const double*>op, <const double*>lp, mp, mask_kind, offp, klp,
+                                                shape, stride, causal, scale, path, simd, n_threads)
+    if status == -1:
+        raise MemoryError("attention_bwd: out of memory for the kernel's scratch")
+    if status != 0:
+        raise ValueError(f"attention_bwd: the kernel rejected its arguments (status {status})")
+
+
+def attention_backward_path(bint is_f32, tuple shape, int path, int simd):
+    """The path name a backward call with these arguments takes; shape = (B, Hq, Hkv, Lq, Lk, D, Dv)."""
+    cdef int64_t s[7]
+    for i in range(7):
+        s[i] = shape[i]
+    return PATH_NAMES[qkv_attention_backward_path(is_f32, s, path, simd)]

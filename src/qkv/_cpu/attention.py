@@ -1,4 +1,5 @@
-"""qkv.attention on the ``cpu`` backend: layouts for csrc/attention.c, then one kernel call.
+"""qkv.attention and qkv.attention_backward on the ``cpu`` backend: layouts for csrc/attention.c,
+then one kernel call.
 
 The arguments come validated and normalised from qkv._ops.attention. Here q, k, v keep their
 strides when the last axis is contiguous (a (B, L, H, D) array transposed to (B, H, L, D) is used
@@ -10,7 +11,7 @@ import numpy as np
 
 from qkv._cpu import _config
 from qkv._cpu import CAUSAL_CODES, mask_rows
-from qkv._cpu._attention import attention_fwd, attention_path
+from qkv._cpu._attention import attention_bwd, attention_backward_path, attention_fwd, attention_path
 
 MAX_HEAD_DIM = 256
 PATH_CODES = {"auto": 0, "plain": 1, "tiled": 2, "split-k": 3}
@@ -69,3 +70,38 @@ def kernel_path(q_shape, k_shape, v_shape, dtype=np.float32, return_weights=Fals
     shape = (B, Hq, k_shape[1], Lq, k_shape[2], D, v_shape[3])
     return attention_path(np.dtype(dtype) == np.float32, shape, bool(return_weights), PATH_CODES[_path],
                           _config.simd_level(), _config.get_num_threads())
+
+
+def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, kv_lengths=None):
+    """(dq, dk, dv) of attention; dout, out (B, Hq, Lq, Dv) and lse (B, Hq, Lq) from the forward.
+
+    q, k, v keep their strides as in the forward; dout, out and lse are made contiguous (a copy
+    only when they are not). The path ("plain" or "tiled") follows set_path.
+    """
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    if D > MAX_HEAD_DIM or Dv > MAX_HEAD_DIM:
+        raise ValueError(f"attention_backward: head dims up to {MAX_HEAD_DIM} are supported on the cpu backend, "
+                         f"got q {q.shape}, v {v.shape}")
+    q, k, v = _operand(q), _operand(k), _operand(v)
+    dtype = q.dtype
+    dout, out, lse = (np.ascontiguousarray(a, dtype=dtype) for a in (dout, out, lse))
+    dq = np.empty((B, Hq, Lq, D), dtype)
+    dk = np.empty((B, Hkv, Lk, D), dtype)
+    dv = np.empty((B, Hkv, Lk, Dv), dtype)
+    if mask is not None:
+        mask = np.ascontiguousarray(mask)
+    base, kind, off = mask_rows(mask, (B, Hq, Lq, Lk))
+    if base is not None:
+        base = np.ascontiguousarray(base)
+    kvl = None if kv_lengths is None else np.ascontiguousarray(kv_lengths, dtype=np.int64)
+    attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, base, off, kind, kvl, CAUSAL_CODES[causal], float(scale),
+                  PATH_CODES[_path], _config.simd_level(), _config.get_num_threads())
+    return dq, dk, dv
+
+
+def backward_kernel_path(q_shape, k_shape, v_shape, dtype=np.float32):
+    """Name of the path a backward call with these shapes would take now (benchmarks)."""
+    B, Hq, Lq, D = q_shape
+    shape = (B, Hq, k_shape[1], Lq, k_shape[2], D, v_shape[3])
+    return attention_backward_path(np.dtype(dtype) == np.float32, shape, PATH_CODES[_path], _config.simd_level())
