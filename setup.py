@@ -49,6 +49,7 @@ EXTENSIONS = {
     "qkv._cpu._linear": ["csrc/activation.c"],
     "qkv._cpu._attention": ["csrc/attention.c"],
     "qkv._cpu._embedding": ["csrc/embedding.c"],
+    "qkv._cpu._optim": ["csrc/optim.c"],
 }
 
 

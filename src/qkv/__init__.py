@@ -14,6 +14,7 @@ from qkv._ops import (attention, attention_backward, cross_entropy, embedding_ba
                       layer_norm, layer_norm_backward, linear, linear_backward, mlp, softmax, softmax_backward)
 from qkv import nn  # noqa: E402  (the model API; imports only qkv ops)
 from qkv.nn.params import count_parameters  # noqa: E402
+from qkv import optim  # noqa: E402  (AdamW, clip_grad_norm, cosine_lr)
 
 __all__ = [
     "BackendUnavailable",
@@ -33,6 +34,7 @@ __all__ = [
     "linear_backward",
     "mlp",
     "nn",
+    "optim",
     "set_backend",
     "set_num_threads",
     "softmax",

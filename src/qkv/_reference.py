@@ -390,3 +390,28 @@ def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, k
     dk = dk.reshape(B, Hkv, group, Lk, D).sum(axis=2)
     dv = dv.reshape(B, Hkv, group, Lk, v.shape[3]).sum(axis=2)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# AdamW
+#
+# The update of qkv.optim.AdamW (Loshchilov & Hutter, decoupled weight decay), in the order
+# torch.optim.AdamW writes it; computed in float64 and stored back in the parameter's dtype.
+
+
+@_quiet
+def adamw(p, g, m, v, beta1, beta2, eps, step_size, bc2_sqrt, decay):
+    """Update p, m, v (same shape and dtype) in place from the gradient g.
+
+    step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t), decay = 1 - lr * weight_decay.
+    Works on any array module with NumPy's API (NumPy or CuPy): it only uses array methods.
+    """
+    g64 = g.astype(np.float64)
+    m64 = m.astype(np.float64)
+    m64 += (1.0 - beta1) * (g64 - m64)
+    v64 = beta2 * v.astype(np.float64) + (1.0 - beta2) * g64 * g64
+    p64 = p.astype(np.float64) * decay
+    p64 -= step_size * (m64 / (v64 ** 0.5 / bc2_sqrt + eps))
+    m[...] = m64
+    v[...] = v64
+    p[...] = p64

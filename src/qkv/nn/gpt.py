@@ -2,6 +2,10 @@
 embeddings. Loads Hugging Face GPT-2 folders (config.json + model.safetensors) and generates text
 with a preallocated KV cache, for prompts of different lengths at once (left-padded: the padding is
 masked out of attention and positions count from each row's first token).
+
+Training: init_weights (GPT-2's initialisation, as nanoGPT) and value_and_grad (the loss and every
+parameter's gradient, each layer's backward beside its forward in qkv.nn.layers); qkv.optim updates
+the parameters. There is no dropout.
 """
 
 import numpy as np
@@ -11,7 +15,7 @@ from qkv import _backend
 from qkv.nn.config import GPTConfig
 from qkv.nn.kv_cache import KVCache
 from qkv.nn.layers import Block, Embedding, LayerNorm
-from qkv.nn.module import Module, Scratch
+from qkv.nn.module import Module, Scratch, Tape
 
 
 _MODEL = object()  # generate's default eos_token_id: the model's own
@@ -27,6 +31,89 @@ class GPT(Module):
                         pre_ln=True, causal=True, bias=config.bias, dtype=dtype, xp=xp)
                   for _ in range(config.n_layer)]
         self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon, dtype, xp)
+
+    def init_weights(self, seed=0):
+        """GPT-2's initialisation, as nanoGPT does it: every weight matrix and embedding from
+        normal(0, 0.02), the residual projections (attn.c_proj, mlp.c_proj) from normal(0, 0.02 /
+        sqrt(2 n_layer)), biases 0, layer-norm gains 1. Drawn in float64 on the host from
+        numpy.random.default_rng(seed), parameter by parameter in named_parameters order. Returns self."""
+        rng = np.random.default_rng(seed)
+        xp = self.xp()
+        std_proj = 0.02 / np.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith(".bias"):
+                new = np.zeros(p.shape)
+            elif ".ln_" in "." + name:  # ln_1, ln_2, ln_f gains
+                new = np.ones(p.shape)
+            else:
+                new = rng.normal(0.0, std_proj if name.endswith("c_proj.weight") else 0.02, size=p.shape)
+            p[...] = xp.asarray(new.astype(p.dtype))
+        return self
+
+    def value_and_grad(self, ids, targets):
+        """The mean cross-entropy of predicting ``targets`` from ``ids``, and its gradient.
+
+        ids, targets: (B, T) integer arrays (on the model's device or the host), T <= block_size;
+        a target of -1 is ignored (the mean is over the others; all ignored gives 0). Returns
+        ``(loss, grads)``: loss a Python float, grads a dict with exactly the keys and shapes of
+        ``dict(model.named_parameters())``, on the model's backend. The tied LM head's gradient is
+        added into ``embeddings.wte``.
+
+        The forward keeps what the backward needs (a Tape) in work buffers that the next call with
+        the same (B, T) reuses; each layer's backward is its ``backward`` method. GPT only (pre-LN,
+        causal self-attention), no dropout.
+        """
+        xp = self.xp()
+        ids, targets = self._check_batch(ids, targets, xp)
+        B, T = ids.shape
+        wte = self.embeddings.wte
+        tape = getattr(self, "_tape", None)
+        if tape is None or tape.scratch.xp is not xp or tape.scratch.dtype != wte.dtype:
+            tape = self._tape = Tape(Scratch(xp, wte.dtype))
+        tape.grads.clear()
+
+        # forward: the residual stream of each layer lives in its own buffer, kept for the backward
+        x = self.embeddings.forward_train(ids, tape.child("embeddings"))  # (B, T, C)
+        for i, block in enumerate(self.h):
+            x = block.forward_train(x, tape.child(f"h.{i}"), out=tape.buf(f"h.{i}.out", x.shape))
+        h = self.ln_f(x, out=tape.buf("ln_f.y", x.shape), tape=tape.child("ln_f"))
+        logits = qkv.linear(h, wte.T, out=tape.buf("logits", (B, T, self.config.vocab_size)))  # tied head
+        loss, dlogits = qkv.cross_entropy(logits, targets, -1, return_grad=True)
+
+        # backward, in reverse
+        dh, dwte_t, _ = qkv.linear_backward(dlogits, h, wte.T)  # dwte_t (C, V) in wte.T's order
+        dx = self.ln_f.backward(dh, tape.child("ln_f"))
+        for i in reversed(range(len(self.h))):
+            dx = self.h[i].backward(dx, tape.child(f"h.{i}"))
+        self.embeddings.backward(dx, tape.child("embeddings"))
+        tape.grads["embeddings.wte"] += dwte_t.T  # the LM head's share of the tied matrix
+        grads = {name: tape.grads[name] for name, _ in self.named_parameters()}
+        tape.grads.clear()
+        return float(loss), grads
+
+    def _check_batch(self, ids, targets, xp):
+        """ids, targets -> (B, T) int64 arrays on the model's device, checked."""
+        host = []
+        for name, a in (("ids", ids), ("targets", targets)):
+            a = a.get() if _backend.array_kind(a) == "cupy" else np.asarray(a)
+            if a.ndim != 2 or a.dtype.kind not in "iu":
+                raise ValueError(f"value_and_grad: {name} must be a (B, T) integer array, got {a.dtype} of shape {a.shape}")
+            host.append(a.astype(np.int64, copy=False))
+        ids, targets = host
+        if ids.shape != targets.shape:
+            raise ValueError(f"value_and_grad: ids {ids.shape} and targets {targets.shape} must have the same shape")
+        if ids.size == 0:
+            raise ValueError(f"value_and_grad: the batch is empty, shape {ids.shape}")
+        V, T = self.config.vocab_size, ids.shape[1]
+        if T > self.config.block_size:
+            raise ValueError(f"value_and_grad: {T} tokens per row exceed the context of {self.config.block_size}")
+        if ids.min() < 0 or ids.max() >= V:
+            raise ValueError(f"value_and_grad: ids must lie in [0, {V}), got {int(ids.min())}..{int(ids.max())}")
+        bad = (targets != -1) & ((targets < 0) | (targets >= V))
+        if bad.any():
+            raise ValueError(f"value_and_grad: targets must lie in [0, {V}) or be -1 (ignored), got "
+                             f"{int(targets[bad][0])}")
+        return xp.asarray(ids), xp.asarray(targets)
 
     @classmethod
     def from_pretrained(cls, path, dtype=np.float32):

@@ -7,6 +7,12 @@ Weights are stored (in, out), as qkv.linear takes them (GPT-2's Conv1D layout al
 Every layer takes an optional ``scratch`` (qkv.nn.module.Scratch): its outputs then go to reused
 work buffers through the ops' ``out=``, and a Block updates the residual stream in place. Without
 one, every op returns a fresh array and inputs are never modified.
+
+Training: a layer called with a ``tape`` (qkv.nn.module.Tape) keeps what its backward needs (its
+inputs, the attention's output and log-sum-exp, the layer norms' mean and rstd, the MLP's
+pre-activation) in work buffers reused from step to step; ``layer.backward(dout, tape)`` returns
+the gradient of its input and records its parameters' gradients in the tape. GPT (pre-LN,
+self-attention, no mask) is what this covers; there is no dropout.
 """
 
 import numpy as np
@@ -26,8 +32,26 @@ class Linear(Module):
         self.weight = _zeros(xp, (n_in, n_out), dtype)
         self.bias = _zeros(xp, (n_out,), dtype) if bias else None
 
-    def __call__(self, x, activation=None, out=None):
-        return qkv.linear(x, self.weight, self.bias, activation, out=out)
+    def __call__(self, x, activation=None, out=None, tape=None):
+        if tape is None:
+            return qkv.linear(x, self.weight, self.bias, activation, out=out)
+        tape["x"], tape["activation"] = x, activation
+        if activation is None:
+            return qkv.linear(x, self.weight, self.bias, out=out)
+        pre = qkv.linear(x, self.weight, self.bias, out=tape.buf("preact", x.shape[:-1] + self.weight.shape[1:]))
+        tape["preact"] = pre
+        if activation == "relu":
+            return namespace(pre).maximum(pre, 0, out=out)
+        return qkv.gelu(pre, "tanh" if activation == "gelu_tanh" else "none", out=out)
+
+    def backward(self, dy, tape):
+        """dy (..., out) -> dx (..., in); records d weight and d bias."""
+        dx, dw, db = qkv.linear_backward(dy, tape["x"], self.weight, self.bias, tape["activation"],
+                                         preact=tape.get("preact"))
+        tape.grad("weight", dw)
+        if db is not None:
+            tape.grad("bias", db)
+        return dx
 
 
 class LayerNorm(Module):
@@ -36,8 +60,20 @@ class LayerNorm(Module):
         self.bias = _zeros(xp, (n,), dtype)
         self.eps = eps
 
-    def __call__(self, x, out=None):
-        return qkv.layer_norm(x, self.weight, self.bias, self.eps, out=out)
+    def __call__(self, x, out=None, tape=None):
+        if tape is None:
+            return qkv.layer_norm(x, self.weight, self.bias, self.eps, out=out)
+        y, tape["mean"], tape["rstd"] = qkv.layer_norm(x, self.weight, self.bias, self.eps, out=out,
+                                                       return_stats=True)
+        tape["x"] = x
+        return y
+
+    def backward(self, dy, tape):
+        dx, dw, db = qkv.layer_norm_backward(dy, tape["x"], self.weight, self.bias, self.eps, mean=tape["mean"],
+                                             rstd=tape["rstd"])
+        tape.grad("weight", dw)
+        tape.grad("bias", db)
+        return dx
 
 
 class Embedding(Module):
@@ -64,6 +100,25 @@ class Embedding(Module):
         if self.wtt is not None:
             x += self.wtt[token_type_ids] if token_type_ids is not None else self.wtt[0]
         return x
+
+    def forward_train(self, ids, tape):
+        """Token + position embeddings of ids (B, L) into a tape buffer (no token types)."""
+        B, L = ids.shape
+        x = tape.buf("x", (B, L, self.wte.shape[1]))
+        xp = namespace(x)
+        xp.take(self.wte, ids, axis=0, out=x)
+        x += self.wpe[:L]
+        tape["ids"] = ids
+        return x
+
+    def backward(self, dx, tape):
+        """dx (B, L, C): records d wte (a deterministic scatter-add over the ids) and d wpe."""
+        ids = tape["ids"]
+        B, L = ids.shape
+        xp = namespace(dx)
+        tape.grad("wte", qkv.embedding_backward(dx, ids, self.wte.shape[0]))
+        pos = xp.broadcast_to(xp.arange(L, dtype=ids.dtype), (B, L))
+        tape.grad("wpe", qkv.embedding_backward(dx, pos, self.wpe.shape[0]))
 
 
 class AttentionHead:
@@ -177,6 +232,34 @@ class MultiHeadAttention(Module):
         y = self.c_proj(y, out=out)  # the heads' Wv_up, stapled: (B, L, C) @ (C, C)
         return (y, weights) if return_weights else y
 
+    def forward_train(self, x, tape, out=None):
+        """Self-attention of x (B, L, C) keeping q, k, v, the output and its log-sum-exp."""
+        if self.cross:
+            raise ValueError("training covers self-attention only")
+        B, L, C = x.shape
+        H, d = self.n_head, self.head_dim
+        qkv_rows = self.c_attn(x, out=tape.buf("qkv", (B, L, 3 * C)), tape=tape.child("c_attn"))
+        q, k, v = self._split(qkv_rows, 3)  # (B, H, L, d) views
+        att, lse = qkv.attention(q, k, v, causal=self.causal, return_lse=True, out=tape.buf("att", (B, H, L, d)))
+        tape["q"], tape["k"], tape["v"], tape["att"], tape["lse"] = q, k, v, att, lse
+        y = tape.buf("att_rows", (B, L, C))
+        namespace(y).copyto(y.reshape(B, L, H, d), att.transpose(0, 2, 1, 3))
+        return self.c_proj(y, out=out, tape=tape.child("c_proj"))
+
+    def backward(self, dy, tape):
+        """dy (B, L, C) -> dx (B, L, C), through c_proj, attention (FlashAttention-2 backward), c_attn."""
+        B, L, C = dy.shape
+        H, d = self.n_head, self.head_dim
+        dy_rows = self.c_proj.backward(dy, tape.child("c_proj"))  # (B, L, C)
+        datt = dy_rows.reshape(B, L, H, d).transpose(0, 2, 1, 3)  # (B, H, L, d)
+        dq, dk, dv = qkv.attention_backward(datt, tape["q"], tape["k"], tape["v"], tape["att"], tape["lse"],
+                                            causal=self.causal)
+        dqkv = tape.buf("dqkv", (B, L, 3 * C))
+        xp = namespace(dqkv)
+        for part, g in zip(self._split(dqkv, 3), (dq, dk, dv)):
+            xp.copyto(part, g)
+        return self.c_attn.backward(dqkv, tape.child("c_attn"))
+
 
 class MLP(Module):
     """linear -> activation (fused into the first GEMM's epilogue) -> linear."""
@@ -189,6 +272,14 @@ class MLP(Module):
     def __call__(self, x, *, scratch=None, out=None):
         h = self.c_fc(x, self.activation, out=buffer(scratch, "fc", x.shape[:-1] + self.c_fc.weight.shape[1:]))
         return self.c_proj(h, out=out)
+
+    def forward_train(self, x, tape, out=None):
+        h = self.c_fc(x, self.activation, out=tape.buf("h", x.shape[:-1] + self.c_fc.weight.shape[1:]),
+                      tape=tape.child("c_fc"))
+        return self.c_proj(h, out=out, tape=tape.child("c_proj"))
+
+    def backward(self, dy, tape):
+        return self.c_fc.backward(self.c_proj.backward(dy, tape.child("c_proj")), tape.child("c_fc"))
 
 
 class Block(Module):
@@ -232,3 +323,24 @@ class Block(Module):
             m += h
             x = self.ln_2(m, out=None if scratch is None else h)
         return (x, w) if return_weights else x
+
+    def forward_train(self, x, tape, out):
+        """Pre-LN block for training: x (B, L, C) -> out (B, L, C), a separate buffer (x is kept for
+        the backward)."""
+        if not self.pre_ln:
+            raise ValueError("training covers pre-LN blocks (GPT-2) only")
+        xp = namespace(x)
+        a = self.attn.forward_train(self.ln_1(x, out=tape.buf("ln_1", x.shape), tape=tape.child("ln_1")),
+                                    tape.child("attn"), out=tape.scratch("proj", x.shape))
+        x_mid = xp.add(x, a, out=tape.buf("x_mid", x.shape))  # the residual stream after attention
+        m = self.mlp.forward_train(self.ln_2(x_mid, out=tape.buf("ln_2", x.shape), tape=tape.child("ln_2")),
+                                   tape.child("mlp"), out=tape.scratch("proj", x.shape))
+        return xp.add(x_mid, m, out=out)
+
+    def backward(self, dout, tape):
+        """dout (B, L, C) -> dx (B, L, C): each residual branch's gradient plus the skip's."""
+        d_mid = self.ln_2.backward(self.mlp.backward(dout, tape.child("mlp")), tape.child("ln_2"))
+        d_mid += dout
+        dx = self.ln_1.backward(self.attn.backward(d_mid, tape.child("attn")), tape.child("ln_1"))
+        dx += d_mid
+        return dx

@@ -4,6 +4,11 @@ lists of them). It gives named parameters (HF-style dotted names), counting, and
 Scratch holds the work buffers of one forward pass (or of a whole generation): every block of a
 model has the same shapes, so one set of buffers serves all layers, and a decode step reuses the
 previous step's. Fresh allocations in a hot loop cost page faults, not just malloc.
+
+Tape is what a training forward saves for its backward: each layer writes its activations into
+work buffers of one Scratch under its own dotted name (the same names as its parameters), so the
+buffers of one step are reused by the next, and its backward writes its parameters' gradients
+under the same names.
 """
 
 import numpy as np
@@ -97,6 +102,47 @@ class Scratch:
         if b is None or b.shape != shape:
             b = self._bufs[name] = self.xp.empty(shape, dtype=self.dtype)
         return b
+
+
+class Tape:
+    """What a training forward keeps for the backward, for one layer (and, through child(), its
+    sublayers).
+
+    ``tape.buf(name, shape)`` is a work buffer of the shared Scratch named ``prefix + name``:
+    distinct per layer, reused from one step to the next. ``tape[key] = array`` keeps a reference
+    (an input, a buffer, a small statistic) for the layer's backward. ``tape.grad(name, g)`` records
+    the gradient of the parameter ``prefix + name`` in the dict shared by the whole tree.
+    """
+
+    def __init__(self, scratch, prefix="", grads=None):
+        self.scratch, self.prefix = scratch, prefix
+        self.grads = {} if grads is None else grads
+        self.saved = {}
+        self._kids = {}
+
+    def child(self, name):
+        kid = self._kids.get(name)
+        if kid is None:
+            kid = self._kids[name] = Tape(self.scratch, f"{self.prefix}{name}.", self.grads)
+        return kid
+
+    def buf(self, name, shape):
+        return self.scratch(self.prefix + name, shape)
+
+    def grad(self, name, g):
+        self.grads[self.prefix + name] = g
+
+    def __setitem__(self, key, value):
+        self.saved[key] = value
+
+    def __getitem__(self, key):
+        try:
+            return self.saved[key]
+        except KeyError:
+            raise RuntimeError(f"backward of {self.prefix or 'the model'} before its forward (no {key!r} saved)") from None
+
+    def get(self, key, default=None):
+        return self.saved.get(key, default)
 
 
 def buffer(scratch, name, shape):

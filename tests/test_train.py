@@ -1,0 +1,181 @@
+"""GPT training: init_weights, value_and_grad (against torch's loss and gradients in the committed
+fixture, and against finite differences of the float64 forward), and 10 AdamW steps against
+torch's loss trajectory. Fixture: tests/fixtures/make_train_fixture.py."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qkv
+from qkv.nn import GPT, GPTConfig
+from qkv.optim import AdamW
+
+FIXTURE = Path(__file__).parent / "fixtures" / "train_gpt.npz"
+
+
+def cpu_attention_backward_reason():
+    """None if qkv.attention_backward runs on the cpu backend, else why not (checked when the
+    tests run, so they start running the moment the kernel lands)."""
+    q = np.zeros((1, 1, 2, 4), np.float32)
+    try:
+        with qkv.use_backend("cpu"):
+            out, lse = qkv.attention(q, q, q, causal=True, return_lse=True)
+            qkv.attention_backward(out, q, q, q, out, lse, causal=True)
+    except (ImportError, AttributeError, NotImplementedError, qkv.BackendUnavailable) as exc:
+        return f"qkv.attention_backward is not available on the cpu backend yet ({type(exc).__name__}: {exc})"
+    return None
+
+
+def backends():
+    """numpy always; cpu when its attention backward exists (a skip with the reason otherwise)."""
+    reason = cpu_attention_backward_reason()
+    return ["numpy", pytest.param("cpu", marks=pytest.mark.skipif(reason is not None, reason=reason or ""))]
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    f = np.load(FIXTURE)
+    cfg = json.loads(str(f["config"]))
+    adamw = cfg.pop("adamw")
+    return f, GPTConfig(**cfg), adamw
+
+
+def _model(fixture, dtype=np.float32):
+    f, cfg, _ = fixture
+    model = GPT(cfg, dtype=dtype)
+    for name, p in model.named_parameters():
+        p[...] = f["param." + name]
+    return model
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_loss_and_every_gradient_match_torch(fixture, backend):
+    f = fixture[0]
+    model = _model(fixture)
+    with qkv.use_backend(backend):
+        loss, grads = model.value_and_grad(f["ids"], f["targets"])
+    assert loss == pytest.approx(float(f["loss"]), rel=1e-5)
+    assert list(grads) == [n for n, _ in model.named_parameters()]
+    for name, g in grads.items():
+        ref = f["grad." + name]
+        assert g.shape == ref.shape and g.dtype == np.float32, name
+        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_ten_adamw_steps_follow_torch(fixture, backend):
+    f, _, ad = fixture
+    model = _model(fixture)
+    opt = AdamW(model.named_parameters(), lr=ad["lr"], betas=tuple(ad["betas"]), eps=ad["eps"],
+                weight_decay=ad["weight_decay"])
+    losses = []
+    with qkv.use_backend(backend):
+        for ids, targets in zip(f["steps_ids"], f["steps_targets"]):
+            loss, grads = model.value_and_grad(ids, targets)
+            opt.step(grads)
+            losses.append(loss)
+    np.testing.assert_allclose(losses, f["steps_loss"], rtol=1e-4)
+    assert losses[-1] < losses[0]
+
+
+def _tiny(seed=0, dtype=np.float64, **kw):
+    cfg = GPTConfig(**{**dict(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=8), **kw})
+    model = GPT(cfg, dtype=dtype).init_weights(seed)
+    rng = np.random.default_rng(seed + 1)
+    for _, p in model.named_parameters():  # larger than the init, so every path carries signal
+        p += rng.normal(0, 0.3, p.shape)
+    return model
+
+
+def test_value_and_grad_by_finite_differences():
+    """Central differences of the float64 forward (numpy backend) at a sample of every parameter."""
+    model = _tiny()
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 13, (2, 7))
+    targets = rng.integers(0, 13, (2, 7))
+    targets[1, 2] = -1
+    with qkv.use_backend("numpy"):
+        loss, grads = model.value_and_grad(ids, targets)
+        assert loss == pytest.approx(float(qkv.cross_entropy(model(ids), targets)), rel=1e-12)
+        h = 1e-6
+        for name, p in model.named_parameters():
+            flat = p.reshape(-1)
+            for i in sorted({0, flat.size // 3, flat.size // 2, flat.size - 1}):
+                old = flat[i]
+                flat[i] = old + h
+                up = float(qkv.cross_entropy(model(ids), targets))
+                flat[i] = old - h
+                down = float(qkv.cross_entropy(model(ids), targets))
+                flat[i] = old
+                fd = (up - down) / (2 * h)
+                assert grads[name].reshape(-1)[i] == pytest.approx(fd, rel=1e-5, abs=1e-8), (name, i)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_float64_matches_reference_backend(backend):
+    model = _tiny(n_layer=1)
+    ids = np.arange(16).reshape(2, 8) % 13
+    with qkv.use_backend("numpy"):
+        want_loss, want = model.value_and_grad(ids, ids[:, ::-1])
+    with qkv.use_backend(backend):
+        loss, got = model.value_and_grad(ids, ids[:, ::-1])
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_all_targets_ignored_gives_zero():
+    model = _tiny()
+    ids = np.zeros((1, 4), np.int64)
+    with qkv.use_backend("numpy"):
+        loss, grads = model.value_and_grad(ids, np.full((1, 4), -1))
+    assert loss == 0.0
+    assert all(not g.any() for g in grads.values())
+
+
+def test_work_buffers_are_reused_and_inputs_unchanged():
+    model = _tiny()
+    ids = np.array([[1, 2, 3, 4]])
+    targets = np.array([[2, 3, 4, 5]])
+    before = {n: p.copy() for n, p in model.named_parameters()}
+    with qkv.use_backend("numpy"):
+        l1, g1 = model.value_and_grad(ids, targets)
+        bufs = {k: id(v) for k, v in model._tape.scratch._bufs.items()}
+        l2, g2 = model.value_and_grad(ids, targets)
+    assert bufs and {k: id(v) for k, v in model._tape.scratch._bufs.items()} == bufs
+    assert l1 == l2 and all(np.array_equal(g1[k], g2[k]) for k in g1)
+    assert all(np.array_equal(before[n], p) for n, p in model.named_parameters())
+    assert ids.tolist() == [[1, 2, 3, 4]] and targets.tolist() == [[2, 3, 4, 5]]
+
+
+def test_value_and_grad_errors():
+    model = _tiny()
+    ok = np.zeros((2, 4), np.int64)
+    with pytest.raises(ValueError, match="same shape"):
+        model.value_and_grad(ok, ok[:, :3])
+    with pytest.raises(ValueError, match="integer"):
+        model.value_and_grad(ok.astype(np.float32), ok)
+    with pytest.raises(ValueError, match="context of 8"):
+        model.value_and_grad(np.zeros((1, 9), np.int64), np.zeros((1, 9), np.int64))
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 13\)"):
+        model.value_and_grad(ok + 13, ok)
+    with pytest.raises(ValueError, match="targets must lie"):
+        model.value_and_grad(ok, ok - 2)
+
+
+def test_init_weights():
+    cfg = GPTConfig(vocab_size=500, block_size=64, n_layer=4, n_head=4, n_embd=64)
+    model = GPT(cfg).init_weights(seed=3)
+    p = dict(model.named_parameters())
+    assert p["embeddings.wte"].std() == pytest.approx(0.02, rel=0.05)
+    assert p["h.0.attn.c_attn.weight"].std() == pytest.approx(0.02, rel=0.05)
+    for name in ("h.1.attn.c_proj.weight", "h.2.mlp.c_proj.weight"):
+        assert p[name].std() == pytest.approx(0.02 / np.sqrt(2 * 4), rel=0.05)
+    assert not p["h.3.mlp.c_fc.bias"].any() and not p["ln_f.bias"].any()
+    assert (p["h.0.ln_1.weight"] == 1).all() and (p["ln_f.weight"] == 1).all()
+    again = dict(GPT(cfg).init_weights(seed=3).named_parameters())
+    assert all(np.array_equal(p[k], again[k]) for k in p)
+    other = dict(GPT(cfg).init_weights(seed=4).named_parameters())
+    assert not np.array_equal(p["embeddings.wte"], other["embeddings.wte"])
