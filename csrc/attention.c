@@ -34,6 +34,13 @@ Threads: every path is one or two loops of independent work items (plain: query 
 flags, then query blocks; split-K: key chunks, then row merges) run by the one OpenMP driver,
 attn_parallel, which owns the team, the per-thread scratch and the out-of-memory report. The plain
 and split-K items live in attention_items.inc (per dtype), the tiled ones in attention_tiled.inc.
+
+Backward (qkv.attention_backward, the last section): FlashAttention-2's algorithm over work items
+(key chunk, batch, kv head), P recomputed from q, k and the forward's lse; a plain path
+(attention_backward.inc, any D, float and double) and a float32 tiled one in the forward's layout
+(attention_backward_tiled.inc, AVX-512 and AVX2, reusing its microkernels). The AVX-512 build is
+compiled and tested where the CPU has it; it was written and measured on an AVX2-only machine.
+benchmarks/dev/attention_backward_versions.py keeps its numbered versions.
 */
 #include <math.h>
 #include <stdlib.h>
@@ -201,6 +208,9 @@ typedef struct {
 #ifndef RD512
 #define RD512 4  // AVX-512 P^T.V microkernel: RD512 value columns x 4 vectors of 16 queries
 #endif
+#ifndef BWD_QB
+#define BWD_QB 64  // backward: queries per step (a multiple of 64: the sub-blocks of both ISAs)
+#endif
 #define ATTN_LOG2E 1.44269504088896341f
 
 // Apply the user mask to St (nk, ldq) for the nq real lanes whose rows start at r0 (keys kt..kt+nk).
@@ -337,9 +347,11 @@ static inline __m512 vexp2__avx512(__m512 x) {
 #include "attention_tiled.inc"
 #define RKB 4  // backward dK/dV microkernel: RKB keys x NCB vectors of columns
 #define NCB 4
+#define BWD_NS (BWD_QB >= 64 ? BWD_QB / 64 : 1)  // sub-blocks of 64 queries per backward step
 #include "attention_backward_tiled.inc"
 #undef RKB
 #undef NCB
+#undef BWD_NS
 #undef ISA
 #undef VF
 #undef W
@@ -397,12 +409,18 @@ static inline __m256 vexp2__avx2(__m256 x) {
     const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
     return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_LT_OQ), y);
 }
+#ifndef RK2
+#define RK2 4  // AVX2 K.Q^T microkernel: RK2 keys x 2 vectors of 8 queries
+#endif
+#ifndef RD2
+#define RD2 4  // AVX2 P^T.V microkernel: RD2 value columns x 2 vectors of 8 queries
+#endif
 #define ISA avx2
 #define VF __m256
 #define W 8
 #define NV 2
-#define RK 4
-#define RD 4
+#define RK RK2
+#define RD RD2
 #define VLOAD(p) _mm256_loadu_ps(p)
 #define VSTORE(p, x) _mm256_storeu_ps(p, x)
 #define VSET1(x) _mm256_set1_ps(x)
@@ -422,11 +440,19 @@ static inline __m256 vexp2__avx2(__m256 x) {
                          _mm256_add_epi32(_mm256_set1_epi32((int)(base)),                                \
                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))))
 #include "attention_tiled.inc"
-#define RKB 4  // backward dK/dV microkernel: RKB keys x NCB vectors of columns
-#define NCB 2
+#ifndef RKB2
+#define RKB2 4
+#endif
+#ifndef NCB2
+#define NCB2 2
+#endif
+#define RKB RKB2  // backward dK/dV microkernel: RKB keys x NCB vectors of columns
+#define NCB NCB2
+#define BWD_NS (BWD_QB / 16)  // sub-blocks of 16 queries per backward step
 #include "attention_backward_tiled.inc"
 #undef RKB
 #undef NCB
+#undef BWD_NS
 #undef ISA
 #undef VF
 #undef W
@@ -647,10 +673,10 @@ static int attn_bwd_run(attn_bwd_job* jb, size_t elem, void (*item)(const void*,
 }
 
 #ifdef QKV_ATTN_HAVE_TILED
-// tiled scratch: Qt, Qr, dQt (D, NQ); dOt, dOr (Dv, NQ); St, dSt (BK, NQ); Kf (BK, D); lse2, Dl
-// (NQ); the K-tile flags of one chunk. NQ = 64 covers both ISAs.
+// tiled scratch: Qt, Qr, dQt (D, BWD_QB); dOt, dOr (Dv, BWD_QB); St, dSt (BK, BWD_QB); Kf (BK, D);
+// lse2, Dl (BWD_QB); the K-tile flags of one chunk
 static size_t attn_bwd_tiled_scratch(const attn_args* a, size_t elem) {
-    const int64_t nq = 64;
+    const int64_t nq = BWD_QB > 64 ? BWD_QB : 64;
     int64_t chunk, nchunk;
     attn_bwd_chunks(a, elem, &chunk, &nchunk);
     return sizeof(float) * (size_t)(3 * a->D * nq + 2 * a->Dv * nq + 2 * BK * nq + BK * a->D + 2 * nq) +
