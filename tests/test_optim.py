@@ -158,3 +158,46 @@ def test_reference_adamw_writes_in_place():
     np.testing.assert_allclose(m, 0.1)
     np.testing.assert_allclose(v, 0.01)
     np.testing.assert_allclose(p, 1.0 - 0.1 / (1.0 + 1e-8), rtol=1e-6)  # step_size * m / (sqrt(v) / bc2 + eps)
+
+
+def test_adamw_cuda_kernel_on_the_cpu_harness():
+    """src/qkv/_cuda/optim.cu's adamw, compiled for the CPU (tests/cuda_sim), driven by
+    qkv.optim's own launch code, against the float64 reference: float32, float16, bfloat16 params
+    with float32 moments; a length off the block size, several steps."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "cuda_sim"))
+    import simbuild
+
+    if simbuild.missing_tools() is not None:
+        pytest.skip(str(simbuild.missing_tools()))
+    import qkv._cuda as qc
+    from cases import DTYPES, _dt, rand
+
+    from qkv import optim
+
+    rt = simbuild.SimRuntime(simbuild.build())
+    saved, qc._rt = qc._rt, rt
+    try:
+        for name in DTYPES:
+            rng = np.random.default_rng(3)
+            p = rand(rng, (1000,), name)
+            want = p.copy()
+            m, v = np.zeros(1000, np.float32), np.zeros(1000, np.float32)
+            m_ref, v_ref = m.copy(), v.copy()
+            update = optim._cuda_updater(p.dtype)
+            for t in range(1, 4):
+                g = rand(rng, (1000,), name)
+                args = (0.9, 0.99, 1e-8, 1e-2 / (1 - 0.9 ** t), math.sqrt(1 - 0.99 ** t), 1 - 1e-2 * 0.1)
+                n = len(rt.launches)
+                update(p, g, m, v, *args)
+                assert [lname for _, lname, *_ in rt.launches[n:]] == [f"adamw<{ {'float32': 'float', 'float16': '__half', 'bfloat16': '__nv_bfloat16'}[name]}>"]
+                _reference.adamw(want, g, m_ref, v_ref, *args)
+            np.testing.assert_allclose(m, m_ref, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-9)
+            ulp = {"float32": 1e-6, "float16": 1e-3, "bfloat16": 8e-3}[name]
+            np.testing.assert_allclose(p.astype(np.float64), want.astype(np.float64), rtol=ulp, atol=ulp, err_msg=name)
+            assert _dt(name) == p.dtype
+    finally:
+        qc._rt = saved

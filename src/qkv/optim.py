@@ -3,9 +3,10 @@ schedule with linear warm-up (what nanoGPT's train.py uses).
 
 AdamW groups the parameters as nanoGPT does: every parameter with 2 or more dimensions (weight
 matrices, embeddings) is decayed, biases and layer-norm gains are not. Each step runs one fused
-update kernel per parameter (csrc/optim.c on the cpu backend, the float64 reference in
-qkv._reference on the numpy backend and, for now, on CuPy arrays), updating the parameter and its
-two moments in place.
+update kernel per parameter (csrc/optim.c on the cpu backend, src/qkv/_cuda/optim.cu on CuPy
+arrays, the float64 reference in qkv._reference on the numpy backend), updating the parameter and
+its two moments in place. The moments have the parameter's dtype, except float32 moments for
+float16/bfloat16 parameters.
 """
 
 import math
@@ -67,9 +68,14 @@ class AdamW:
         self.betas = (_real("betas[0]", betas[0], 0.0, 1.0), _real("betas[1]", betas[1], 0.0, 1.0))
         self.eps = _real("eps", eps, 0.0, low_open=True)
         self.weight_decay = _real("weight_decay", weight_decay, 0.0)
+        kinds = {_backend.array_kind(p) for p in self.params.values()}
+        if len(kinds) > 1:
+            raise TypeError("params mix NumPy and CuPy arrays; move the model to one device first")
         self.t = 0  # steps taken
         self.m = {n: _zeros_like(p) for n, p in self.params.items()}
         self.v = {n: _zeros_like(p) for n, p in self.params.items()}
+        # flat (n,) views of each parameter and its moments, made once: the kernel's operands
+        self._flat = {n: (p.reshape(-1), self.m[n].reshape(-1), self.v[n].reshape(-1)) for n, p in self.params.items()}
 
     def decays(self, name):
         """Whether weight decay applies to this parameter (2+ dimensions, as nanoGPT groups them)."""
@@ -93,9 +99,10 @@ class AdamW:
         b1, b2 = self.betas
         step_size = lr / (1.0 - b1 ** self.t)
         bc2_sqrt = math.sqrt(1.0 - b2 ** self.t)
-        for name, p in self.params.items():
-            decay = 1.0 - lr * self.weight_decay if self.decays(name) else 1.0
-            _update(p, grads[name], self.m[name], self.v[name], b1, b2, self.eps, step_size, bc2_sqrt, decay)
+        update = _updater(next(iter(self.params.values())))
+        for name, (p, m, v) in self._flat.items():
+            decay = 1.0 - lr * self.weight_decay if self.params[name].ndim >= 2 else 1.0
+            update(p, grads[name].reshape(-1), m, v, b1, b2, self.eps, step_size, bc2_sqrt, decay)
 
     def state_dict(self):
         """{"step", "lr", "betas", "eps", "weight_decay", "m": {name: array}, "v": {name: array}}
@@ -134,7 +141,8 @@ class AdamW:
 
 
 def _zeros_like(p):
-    return _namespace(p).zeros(p.shape, dtype=p.dtype)
+    """A zero moment for p: p's dtype, float32 for 16-bit parameters."""
+    return _namespace(p).zeros(p.shape, dtype=p.dtype if p.dtype.itemsize >= 4 else np.float32)
 
 
 def _namespace(a):
@@ -155,20 +163,44 @@ def _to_like(a, dst):
     return a.astype(dst.dtype, copy=False)
 
 
-def _update(p, g, m, v, b1, b2, eps, step_size, bc2_sqrt, decay):
-    """One parameter's fused AdamW update on the backend of its arrays."""
-    be = _backend.select("adamw", {"param": p, "grad": g})
+def _updater(p):
+    """update(p, g, m, v, beta1, beta2, eps, step_size, bc2_sqrt, decay) on flat (n,) arrays, for
+    the backend in force for arrays like p: the fused C kernel (cpu, float32/float64), else the
+    float64 reference (the numpy backend, CuPy arrays, float16)."""
+    be = _backend.select("adamw", {"param": p})
     if be.NAME == "cpu" and p.dtype in (np.float32, np.float64):
         from qkv._cpu import _config
         from qkv._cpu._optim import adamw_update
 
-        g = np.ascontiguousarray(g)
-        adamw_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), b1, b2, eps, step_size, bc2_sqrt,
-                     decay, _config.simd_level(), _config.get_num_threads())
-    else:  # the numpy backend, CuPy arrays, float16: the float64 reference (array methods only)
-        from qkv import _reference
+        simd, threads = _config.simd_level(), _config.get_num_threads()
 
-        _reference.adamw(p, g, m, v, b1, b2, eps, step_size, bc2_sqrt, decay)
+        def update(p, g, m, v, b1, b2, eps, step_size, bc2_sqrt, decay):
+            adamw_update(p, np.ascontiguousarray(g), m, v, b1, b2, eps, step_size, bc2_sqrt, decay, simd, threads)
+
+        return update
+    if be.NAME == "cuda":
+        return _cuda_updater(p.dtype)
+    from qkv import _reference
+
+    return _reference.adamw
+
+
+def _cuda_updater(dtype):
+    """update(...) through the adamw kernel of src/qkv/_cuda/optim.cu (fp32 moments and math)."""
+    from qkv import _cuda
+    from qkv._cuda import kernels
+
+    rt = _cuda._runtime()
+    name = kernels.expr("adamw", _cuda._dtype_name(dtype))
+
+    def update(p, g, m, v, b1, b2, eps, step_size, bc2_sqrt, decay):
+        n = p.size
+        blocks = max(1, min(math.ceil(n / 256), 1 << 16))  # a grid-stride loop covers the rest
+        rt.launch("optim", name, (blocks,), (256,),
+                  (p, rt.xp.ascontiguousarray(g), m, v, np.int64(n), np.float32(b1), np.float32(b2), np.float32(eps),
+                   np.float32(step_size), np.float32(bc2_sqrt), np.float32(decay)))
+
+    return update
 
 
 def clip_grad_norm(grads, max_norm):

@@ -42,6 +42,7 @@ FAMILIES = {
     "activation": ("activation.cu", [("bias_act", ALL, (None,)), ("act_bwd", ALL, (None,)),
                                      ("act_bwd_cols", ALL, (None,)), ("sum_partials", ALL, (None,))]),
     "embedding": ("embedding.cu", [("embedding_gather", ALL, (None,)), ("embedding_bwd", ALL, (None,))]),
+    "optim": ("optim.cu", [("adamw", ALL, (None,))]),
 }
 
 # Row reductions of the backward kernels (layer norm dweight/dbias, linear dbias): rows go in
