@@ -179,3 +179,28 @@ def test_init_weights():
     assert all(np.array_equal(p[k], again[k]) for k in p)
     other = dict(GPT(cfg).init_weights(seed=4).named_parameters())
     assert not np.array_equal(p["embeddings.wte"], other["embeddings.wte"])
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_follows_the_cpu(fixture):
+    """model.to("cuda") trains with the CUDA kernels: three steps of loss, gradients and AdamW
+    against the same steps on the CPU."""
+    cp = pytest.importorskip("cupy")
+    reason = cpu_attention_backward_reason()
+    if reason:
+        pytest.skip(reason)
+    f, _, ad = fixture
+    cpu, gpu = _model(fixture), _model(fixture).to("cuda")
+    kw = dict(lr=ad["lr"], betas=tuple(ad["betas"]), eps=ad["eps"], weight_decay=ad["weight_decay"])
+    opt_c, opt_g = AdamW(cpu.named_parameters(), **kw), AdamW(gpu.named_parameters(), **kw)
+    for ids, targets in list(zip(f["steps_ids"], f["steps_targets"]))[:3]:
+        loss_c, g_c = cpu.value_and_grad(ids, targets)
+        loss_g, g_g = gpu.value_and_grad(ids, targets)
+        assert loss_g == pytest.approx(loss_c, rel=1e-4)
+        for name, g in g_c.items():
+            assert isinstance(g_g[name], cp.ndarray)
+            np.testing.assert_allclose(cp.asnumpy(g_g[name]), g, rtol=1e-3, atol=1e-3 * np.abs(g).max(), err_msg=name)
+        opt_c.step(g_c)
+        opt_g.step(g_g)
+    for (name, p), (_, q) in zip(cpu.named_parameters(), gpu.named_parameters()):
+        np.testing.assert_allclose(cp.asnumpy(q), p, rtol=1e-3, atol=1e-4, err_msg=name)
