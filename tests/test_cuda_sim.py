@@ -376,3 +376,104 @@ def test_public_api_through_the_cuda_backend(sim, path, monkeypatch):
     check(y, ref.linear(ref.linear(x, w1, b1, "gelu_tanh"), w2, b2), "float16", "mlp")  # float32 GEMM order
     check(s, ref.softmax(x.T).T, "float32", "softmax axis=0")
     check(ln, ref.layer_norm(x, w1[:, 0], None), "float32", "layer_norm")
+
+
+# ---------------------------------------------------------------------------------------------
+# attention backward (attn_bwd_dq, then attn_bwd_dkdv)
+
+BWD_SHAPES = [  # B, Hq, Hkv, Lq, Lk, D, Dv
+    (1, 2, 2, 37, 70, 64, 64),    # tails on both axes
+    (2, 4, 1, 5, 33, 32, 48),     # MQA, D != Dv, few queries
+    (1, 2, 1, 40, 20, 80, 80),    # GQA, Lq > Lk (bottom-right: the first queries see nothing)
+]
+
+
+def run_attention_backward(sim, dout, q, k, v, scale, **kw):
+    """Forward (lse) then the backend's attention_backward; asserts both backward kernels ran."""
+    o, lse = qc.attention(q, k, v, scale, return_lse=True, **kw)
+    n = len(sim.launches)
+    got = qc.attention_backward(dout, q, k, v, o, lse, scale, **kw)
+    names = {name.split("<")[0] for _, name, *_ in sim.launches[n:]}
+    assert {"attn_bwd_dq", "attn_bwd_dkdv"} <= names, names
+    return got, ref.attention_backward(dout, q, k, v, o, lse, scale, **kw)
+
+
+@pytest.mark.parametrize("shape", BWD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("causal", [None, "bottom_right", "top_left"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_backward(sim, dtype, causal, shape):
+    B, Hq, Hkv, Lq, Lk, D, Dv = shape
+    rng = np.random.default_rng(sum(shape))
+    q, k, v = rand(rng, (B, Hq, Lq, D), dtype), rand(rng, (B, Hkv, Lk, D), dtype), rand(rng, (B, Hkv, Lk, Dv), dtype)
+    dout = rand(rng, (B, Hq, Lq, Dv), dtype)
+    got, want = run_attention_backward(sim, dout, q, k, v, 0.2, causal=causal)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert g.dtype == q.dtype and g.shape == w.shape, name
+        check(g, w, dtype, f"{name} causal={causal}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_backward_masks_kv_lengths_and_nan_keys(sim, dtype):
+    """Bool and additive masks, kv_lengths with both causal modes, GQA, a fully masked row, NaN/Inf in
+    keys and values nobody may see: exactly zero dk/dv there, zero dq for the empty row, finite dq."""
+    rng = np.random.default_rng(12)
+    B, Hq, Hkv, Lq, Lk, D = 2, 4, 2, 21, 45, 32
+    q, k, v = rand(rng, (B, Hq, Lq, D), dtype), rand(rng, (B, Hkv, Lk, D), dtype), rand(rng, (B, Hkv, Lk, D), dtype)
+    dout = rand(rng, (B, Hq, Lq, D), dtype)
+    k[:, :, 40:, 3], v[:, :, 41:, 5] = np.nan, np.inf  # beyond kv_lengths
+    k[:, :, 7], v[:, :, 7] = np.inf, np.nan            # hidden by the bool mask from everyone
+    kvl = np.array([40, 29])
+    bmask = rng.random((B, 1, Lq, Lk)) < 0.7
+    bmask[..., 7] = False
+    bmask[0, 0, 2] = False                             # a fully masked row
+    amask = np.where(bmask, rng.uniform(-3, 3, (B, 1, Lq, Lk)), -np.inf).astype(_dt(dtype))
+    for mask in (bmask, amask):
+        for causal in (None, "bottom_right", "top_left"):
+            (dq, dk, dv), want = run_attention_backward(sim, dout, q, k, v, 0.3, causal=causal, mask=mask,
+                                                         kv_lengths=kvl)
+            for name, g, w in zip(("dq", "dk", "dv"), (dq, dk, dv), want):
+                check(g, w, dtype, f"{name} causal={causal} mask={mask.dtype}")
+            dq, dk, dv = (np.asarray(a, np.float32) for a in (dq, dk, dv))
+            assert np.isfinite(dq).all() and not dq[0, :2, 2].any()
+            assert not dk[0, :, 40:].any() and not dv[0, :, 40:].any() and not dk[1, :, 29:].any()
+            assert not dk[:, :, 7].any() and not dv[:, :, 7].any()
+
+
+def test_attention_backward_same_bits_every_schedule(sim):
+    """No atomics, a fixed order: the same bits under every fiber schedule."""
+    rng = np.random.default_rng(13)
+    q, k, v, dout = (rand(rng, (1, 2, 33, 32), "float32") for _ in range(4))
+    results = []
+    try:
+        for policy in simbuild.SimRuntime.POLICIES:
+            sim.set_policy(policy)
+            got, want = run_attention_backward(sim, dout, q, k, v, 0.2, causal="bottom_right")
+            results.append([a.tobytes() for a in got])
+    finally:
+        sim.set_policy("round_robin")
+    assert all(r == results[0] for r in results[1:])
+
+
+@pytest.mark.parametrize("pattern", [r"__syncwarp\(\);\s*// dq: the tile", r"__syncwarp\(\);\s*// dkdv: the tile"])
+def test_harness_catches_a_removed_syncwarp_in_attention_backward(sim, tmp_path, pattern):
+    """Intact: right under every fiber schedule. The warp barrier between writing a tile's ds and
+    reading it removed: wrong under at least one."""
+    rng = np.random.default_rng(14)
+    q, k, v, dout = (rand(rng, (1, 1, 64, 32), "float32") for _ in range(4))
+    broken = _mutated_build(tmp_path, "attention.cu", pattern)
+    errors = {}
+    try:
+        for policy, eager in itertools.product(simbuild.SimRuntime.POLICIES, (False, True)):
+            sim.set_policy(policy, eager)
+            got, want = run_attention_backward(sim, dout, q, k, v, 0.2)
+            for name, g, w in zip(("dq", "dk", "dv"), got, want):
+                check(g, w, "float32", f"intact kernel, {policy} {name}")
+            broken.set_policy(policy, eager)
+            qc._rt = broken
+            bad, _ = run_attention_backward(broken, dout, q, k, v, 0.2)
+            qc._rt = sim
+            errors[policy, eager] = max(float(np.abs(b.astype(np.float64) - w).max()) for b, w in zip(bad, want))
+    finally:
+        qc._rt = sim
+        sim.set_policy("round_robin")
+    assert max(errors.values()) > 0.05, f"the race went unnoticed: max errors {errors}"

@@ -12,7 +12,8 @@ NumPy scalars. Results are fresh CuPy arrays (or ``out``); inputs are never writ
 - ``embedding``: the gather used by qkv.nn (token rows, optionally plus position rows);
 - the backward ops: layer_norm_backward, gelu_backward, softmax_backward, linear_backward (our
   fused activation-derivative pass, then cuBLAS), embedding_backward, cross_entropy (fused), each
-  beside its forward's kernels; their row reductions are deterministic (no atomics).
+  beside its forward's kernels; their row reductions are deterministic (no atomics);
+  attention_backward: attn_bwd_dq then attn_bwd_dkdv (CUDA cores, every dtype, no atomics).
 
 Everything array-shaped goes through ``_runtime()``, an object with ``xp`` (the array module),
 ``launch`` and ``sm_count``. On a GPU that is CuPy; the CPU test harness (tests/cuda_sim)
@@ -530,3 +531,42 @@ def _weights(q, k, scale, causal, mask, kv_lengths):
         mask = mask.astype(np.float32)
     p = softmax(xp.ascontiguousarray(s), mask=mask, causal=causal, scale=scale)
     return p.astype(q.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention backward
+
+
+def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, kv_lengths=None):
+    """(dq, dk, dv) of attention on CUDA cores (attn_bwd_dq, then attn_bwd_dkdv; attention.cu).
+
+    dout, out (B, Hq, Lq, Dv) and lse (B, Hq, Lq, float32) from the forward; q, k, v keep their
+    strides (last axis contiguous). No atomics: the same bits on every run.
+    """
+    rt = _runtime()
+    xp = rt.xp
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    if max(D, Dv) > MAX_HEAD_DIM:
+        raise ValueError(f"attention_backward: head dims up to {MAX_HEAD_DIM} are supported on the cuda backend, "
+                         f"got q {tuple(q.shape)}, v {tuple(v.shape)}")
+    dt = _dtype_name(q.dtype)
+    q, k, v = _operand(q), _operand(k), _operand(v)
+    dout, out = _contiguous(dout), _contiguous(out)
+    lse = xp.ascontiguousarray(lse, dtype=np.float32)
+    dq = xp.empty((B, Hq, Lq, D), dtype=q.dtype)
+    dk = xp.empty((B, Hkv, Lk, D), dtype=q.dtype)
+    dv = xp.empty((B, Hkv, Lk, Dv), dtype=q.dtype)
+    drow = xp.empty((B, Hq, Lq), dtype=np.float32)  # D_i = dO_i . O_i, from the first kernel to the second
+    base, kind, ms = _mask_arg(mask, (B, Hq, Lq, Lk))
+    kvl = None if kv_lengths is None else xp.ascontiguousarray(xp.clip(kv_lengths, 0, Lk), dtype=np.int32)
+    dmax = next(d for d in kernels.ATTN_ROWS_DMAX if d >= max(D, Dv))
+    shapes = (_i32(Hq), _i32(Hkv), _i32(Lq), _i32(Lk), _i32(D), _i32(Dv), np.float32(scale),
+              _i32(CAUSAL_CODES[causal]), *_el_strides(q), *_el_strides(k), *_el_strides(v),
+              *(_i64(s) for s in ms))
+    rows = kernels.ATTN_ROWS_ROWS
+    rt.launch("attention", kernels.expr("attn_bwd_dq", dt, dmax), (math.ceil(Lq / rows), Hq, B), (32 * rows,),
+              (dout, q, k, v, out, lse, dq, drow, base, _i32(kind), kvl) + shapes)
+    rt.launch("attention", kernels.expr("attn_bwd_dkdv", dt, dmax), (math.ceil(Lk / rows), Hkv, B), (32 * rows,),
+              (dout, q, k, v, lse, drow, dk, dv, base, _i32(kind), kvl) + shapes)
+    return dq, dk, dv

@@ -22,6 +22,8 @@
 //   With split_len < range it is also the split-KV decode kernel: CTA z = split * B + b covers keys
 //   [split * split_len, (split + 1) * split_len) and writes unnormalised partials (acc, m, l).
 // - attn_combine<T>: merges the split partials into o and lse.
+// Backward (the last section): attn_bwd_dq<T, DMAX> and attn_bwd_dkdv<T, DMAX>, CUDA cores, every
+// dtype; P recomputed from the forward's lse, no atomics.
 //
 // Scores never use fast-math exponentials; masked probabilities are exactly 0.
 #include "common.cuh"
@@ -380,4 +382,163 @@ __global__ void attn_combine(T* __restrict__ o, float* __restrict__ lse, const f
     }
     if (lse && threadIdx.x == 0)
         lse[((long long)b * Hq + h) * Lq + i] = l == 0.f ? qkv::neg_inf() : m + logf(l);
+}
+
+// ---------------------------------------------------------------------------------------------
+// attention backward, CUDA cores (every dtype, float32 math): FlashAttention-2's recurrences with P
+// recomputed from q, k and the forward's lse (float32), never the Lq x Lk matrix. Two kernels, no
+// atomics, so every run gives the same bits:
+// - attn_bwd_dq: one warp per query row i (lane = key for the scores, lane = feature for dq):
+//   D_i = dO_i . O_i (saved to drow for the second kernel), then over the visible keys
+//   p = exp(s - lse_i), dp = dO_i . v_j, ds = scale p (dp - D_i), dq_i += ds k_j.
+// - attn_bwd_dkdv: one warp per key j of (b, kv head), over the query heads of the group and the
+//   queries that may see it (lane = query, then lane = feature): dv_j += p dO_i, dk_j += ds q_i.
+// Hidden pairs are skipped (each warp shares its tile's flags through shared memory), never multiplied by 0: NaN/Inf in a
+// masked key or value cannot reach any gradient; keys nobody sees get exactly 0; a row with lse =
+// -inf gets zero dq. dout, o, dq, dk, dv contiguous; q, k, v, mask strided as in the forward.
+// ---------------------------------------------------------------------------------------------
+template <typename T, int DMAX>
+__global__ void __launch_bounds__(128, 4) attn_bwd_dq(
+    const T* __restrict__ dout, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+    const T* __restrict__ o, const float* __restrict__ lse, T* __restrict__ dq, float* __restrict__ drow,
+    const void* __restrict__ mask, int mask_kind, const int* __restrict__ kv_lengths, int Hq, int Hkv, int Lq,
+    int Lk, int D, int Dv, float scale, int causal,
+    long long qsb, long long qsh, long long qsl, long long ksb, long long ksh, long long ksl,
+    long long vsb, long long vsh, long long vsl, long long msb, long long msh, long long msq, long long msk) {
+    constexpr int ROWS = 4, PER = DMAX / 32;
+    __shared__ float Ds[ROWS][32];                   // each warp's ds of one tile of keys, and which are visible
+    __shared__ int Vis[ROWS][32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int h = blockIdx.y, b = blockIdx.z, i = blockIdx.x * ROWS + warp;
+    if (i >= Lq) return;                             // only warp barriers below: whole warps leave
+    const int hk = h / (Hq / Hkv);
+    const long long r = ((long long)b * Hq + h) * Lq + i;
+    const T* qi = q + b * qsb + h * qsh + i * qsl;
+    const T* doi = dout + r * Dv;
+    const T* kb = k + b * ksb + hk * ksh;
+    const T* vb = v + b * vsb + hk * vsh;
+    const qkv::MaskRef mref{mask, mask_kind, msb, msh, msq, msk};
+    float acc[PER];
+    float Di = 0.f;
+#pragma unroll
+    for (int t = 0; t < PER; ++t) {
+        const int d = lane + 32 * t;
+        acc[t] = 0.f;
+        if (d < Dv) Di += qkv::to_float(doi[d]) * qkv::to_float(o[r * Dv + d]);
+    }
+    Di = qkv::warp_sum(Di);
+    const float L = lse[r];
+    if (lane == 0) drow[r] = L == qkv::neg_inf() ? 0.f : Di;
+    const int end = L == qkv::neg_inf() ? 0 : qkv::row_key_end(i, Lq, qkv::batch_kv_len(kv_lengths, b, Lk), causal);
+    for (int j0 = 0; j0 < end; j0 += 32) {
+        const int j = j0 + lane;
+        float ds = 0.f;
+        bool vis = false;
+        if (j < end) {
+            const T* kj = kb + j * ksl;
+            float dot = 0.f;
+            for (int d = 0; d < D; ++d) dot += qkv::to_float(qi[d]) * qkv::to_float(kj[d]);
+            const float s = qkv::masked_score<T>(dot * scale, mref, b, h, i, j);
+            if (s != qkv::neg_inf()) {
+                const T* vj = vb + j * vsl;
+                float dp = 0.f;
+                for (int d = 0; d < Dv; ++d) dp += qkv::to_float(doi[d]) * qkv::to_float(vj[d]);
+                vis = true;
+                ds = scale * expf(s - L) * (dp - Di);
+            }
+        }
+        Ds[warp][lane] = ds;
+        Vis[warp][lane] = vis;
+        __syncwarp();                                // dq: the tile's ds and flags are written
+        const int n = min(32, end - j0);
+        for (int src = 0; src < n; ++src) {          // lane = feature; the same branch in every lane
+            if (!Vis[warp][src]) continue;           // hidden: skipped, not multiplied by 0
+            const float dsr = Ds[warp][src];
+            const T* kr = kb + (long long)(j0 + src) * ksl;
+#pragma unroll
+            for (int t = 0; t < PER; ++t)
+                if (lane + 32 * t < D) acc[t] += dsr * qkv::to_float(kr[lane + 32 * t]);
+        }
+        __syncwarp();                                // read before the next tile overwrites
+    }
+#pragma unroll
+    for (int t = 0; t < PER; ++t)
+        if (lane + 32 * t < D) dq[r * D + lane + 32 * t] = qkv::from_float<T>(acc[t]);
+}
+
+template <typename T, int DMAX>
+__global__ void __launch_bounds__(128, 4) attn_bwd_dkdv(
+    const T* __restrict__ dout, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+    const float* __restrict__ lse, const float* __restrict__ drow, T* __restrict__ dk, T* __restrict__ dv,
+    const void* __restrict__ mask, int mask_kind, const int* __restrict__ kv_lengths, int Hq, int Hkv, int Lq,
+    int Lk, int D, int Dv, float scale, int causal,
+    long long qsb, long long qsh, long long qsl, long long ksb, long long ksh, long long ksl,
+    long long vsb, long long vsh, long long vsl, long long msb, long long msh, long long msq, long long msk) {
+    constexpr int ROWS = 4, PER = DMAX / 32;
+    __shared__ float Ps[ROWS][32], Ds[ROWS][32];     // each warp's p, ds of one tile of queries, and which see key j
+    __shared__ int Vis[ROWS][32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int hk = blockIdx.y, b = blockIdx.z, j = blockIdx.x * ROWS + warp;
+    if (j >= Lk) return;                             // only warp barriers below: whole warps leave
+    const int G = Hq / Hkv, kv_len = qkv::batch_kv_len(kv_lengths, b, Lk);
+    const T* kj = k + b * ksb + hk * ksh + j * ksl;
+    const T* vj = v + b * vsb + hk * vsh + j * vsl;
+    const qkv::MaskRef mref{mask, mask_kind, msb, msh, msq, msk};
+    float adk[PER], adv[PER];
+#pragma unroll
+    for (int t = 0; t < PER; ++t) adk[t] = adv[t] = 0.f;
+    // the queries that may see key j: j < kv_len, and causal j <= i + shift, i.e. i >= j - shift
+    long long first = causal ? (long long)j - (causal == 1 ? kv_len - Lq : 0) : 0;
+    const int i0 = j >= kv_len ? Lq : (int)(first < 0 ? 0 : (first > Lq ? Lq : first));
+    for (int g = 0; g < G; ++g) {
+        const int h = hk * G + g;
+        const T* qh = q + b * qsb + h * qsh;
+        const long long r0 = ((long long)b * Hq + h) * Lq;
+        for (int c0 = i0; c0 < Lq; c0 += 32) {
+            const int i = c0 + lane;
+            float p = 0.f, ds = 0.f;
+            bool vis = false;
+            const float Li = i < Lq ? lse[r0 + i] : qkv::neg_inf();
+            if (Li != qkv::neg_inf()) {
+                const T* qi = qh + i * qsl;
+                float dot = 0.f;
+                for (int d = 0; d < D; ++d) dot += qkv::to_float(qi[d]) * qkv::to_float(kj[d]);
+                const float s = qkv::masked_score<T>(dot * scale, mref, b, h, i, j);
+                if (s != qkv::neg_inf()) {
+                    const T* doi = dout + (r0 + i) * Dv;
+                    float dp = 0.f;
+                    for (int d = 0; d < Dv; ++d) dp += qkv::to_float(doi[d]) * qkv::to_float(vj[d]);
+                    vis = true;
+                    p = expf(s - Li);
+                    ds = scale * p * (dp - drow[r0 + i]);
+                }
+            }
+            Ps[warp][lane] = p;
+            Ds[warp][lane] = ds;
+            Vis[warp][lane] = vis;
+            __syncwarp();                            // dkdv: the tile's p, ds and flags are written
+            const int n = min(32, Lq - c0);
+            for (int src = 0; src < n; ++src) {      // lane = feature; the same branch in every lane
+                if (!Vis[warp][src]) continue;       // hidden: skipped, not multiplied by 0
+                const float pr = Ps[warp][src];
+                const float dsr = Ds[warp][src];
+                const T* dor = dout + (r0 + c0 + src) * Dv;
+#pragma unroll
+                for (int t = 0; t < PER; ++t)
+                    if (lane + 32 * t < Dv) adv[t] += pr * qkv::to_float(dor[lane + 32 * t]);
+                const T* qr = qh + (long long)(c0 + src) * qsl;
+#pragma unroll
+                for (int t = 0; t < PER; ++t)
+                    if (lane + 32 * t < D) adk[t] += dsr * qkv::to_float(qr[lane + 32 * t]);
+            }
+            __syncwarp();                            // read before the next tile overwrites
+        }
+    }
+    const long long row = ((long long)b * Hkv + hk) * Lk + j;
+#pragma unroll
+    for (int t = 0; t < PER; ++t) {
+        const int d = lane + 32 * t;
+        if (d < D) dk[row * D + d] = qkv::from_float<T>(adk[t]);
+        if (d < Dv) dv[row * Dv + d] = qkv::from_float<T>(adv[t]);
+    }
 }

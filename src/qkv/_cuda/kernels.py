@@ -34,6 +34,8 @@ FAMILIES = {
         ("attn_mma", HALF, ATTN_MMA_DIMS),
         ("attn_rows", ALL, ATTN_ROWS_DMAX),
         ("attn_combine", ALL, (None,)),
+        ("attn_bwd_dq", ALL, ATTN_ROWS_DMAX),
+        ("attn_bwd_dkdv", ALL, ATTN_ROWS_DMAX),
     ]),
     "softmax": ("softmax.cu", [("softmax_rows", ALL, (None,)), ("softmax_bwd", ALL, (None,)),
                                ("cross_entropy_rows", ALL, (None,))]),
