@@ -306,6 +306,8 @@ def prepare_folder(out, resume):
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TrainError(f"{out} is a file; --out takes a folder")
+    if resume and not (out / STATE_FILE).is_file():
+        raise TrainError(f"{out} holds no training run to resume ({STATE_FILE} is missing)")
     if not resume and out.is_dir():
         if (out / STATE_FILE).exists():
             raise TrainError(f"{out} already holds a training run; pass --resume to continue it, or another --out")
@@ -486,8 +488,9 @@ def train(settings=None, out="out", *, resume=False, stop_after=None, log=None, 
             log(f"interrupted: checkpoint at step {len(history)} in {out} (resume with --resume)")
         raise
 
-    evals.append({"step": s.steps, "train": estimate_loss(model, train_data, s, 1),
-                  "val": estimate_loss(model, val_data, s, 2)})
+    if not (evals and evals[-1]["step"] == s.steps):  # (a finished run resumed has it already)
+        evals.append({"step": s.steps, "train": estimate_loss(model, train_data, s, 1),
+                      "val": estimate_loss(model, val_data, s, 2)})
     log(f"step {s.steps}: train loss {evals[-1]['train']:.4f}, val loss {evals[-1]['val']:.4f}")
     checkpoint(s.steps)
     if history:

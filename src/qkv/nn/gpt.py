@@ -61,7 +61,8 @@ class GPT(Module):
 
         The forward keeps what the backward needs (a Tape) in work buffers that the next call with
         the same (B, T) reuses; each layer's backward is its ``backward`` method. GPT only (pre-LN,
-        causal self-attention), no dropout.
+        causal self-attention), no dropout. One call at a time per model (the buffers are the
+        model's); the returned gradients are fresh arrays.
         """
         xp = self.xp()
         ids, targets = self._check_batch(ids, targets, xp)
