@@ -192,7 +192,8 @@ def test_adamw_cuda_kernel_on_the_cpu_harness():
                 args = (0.9, 0.99, 1e-8, 1e-2 / (1 - 0.9 ** t), math.sqrt(1 - 0.99 ** t), 1 - 1e-2 * 0.1)
                 n = len(rt.launches)
                 update(p, g, m, v, *args)
-                assert [lname for _, lname, *_ in rt.launches[n:]] == [f"adamw<{ {'float32': 'float', 'float16': '__half', 'bfloat16': '__nv_bfloat16'}[name]}>"]
+                ctype = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}[name]
+                assert [lname for _, lname, *_ in rt.launches[n:]] == [f"adamw<{ctype}>"]
                 _reference.adamw(want, g, m_ref, v_ref, *args)
             np.testing.assert_allclose(m, m_ref, rtol=1e-5, atol=1e-7)
             np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-9)

@@ -31,7 +31,7 @@ def text_file(tmp_path):
 
 def _settings(text_file, **kw):
     base = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, steps=12, eval_interval=4,
-                eval_iters=2, tokenizer="char", text=str(text_file), lr=3e-3, min_lr=3e-4, warmup=2)
+                eval_iters=2, tokenizer="char", text=str(text_file), lr=3e-3, min_lr=3e-4, warmup=2, sample_tokens=20)
     return tr.Settings.from_preset("baby", **{**base, **kw})
 
 
@@ -59,8 +59,8 @@ def test_training_lowers_the_loss(tmp_path, text_file):
 
 def test_cli_writes_a_model_folder(tmp_path, text_file, capsys):
     out = tmp_path / "model"
-    assert main(["train", "--text", str(text_file), "--out", str(out), "--steps", "3", "--block-size", "16",
-                 "--batch-size", "2", "--eval-interval", "2"]) == 0
+    assert main(["train", "--text", str(text_file), "--out", str(out), "--steps", "3", "--sample-tokens", "20",
+                 "--block-size", "16", "--batch-size", "2", "--eval-interval", "2"]) == 0
     sample = capsys.readouterr().out
     assert sample.strip()
     for f in ("config.json", "model.safetensors", "tokenizer.json", "training_state.safetensors", "loss.png",
@@ -83,8 +83,8 @@ def test_cli_writes_a_model_folder(tmp_path, text_file, capsys):
 
 def test_cli_bpe_tokenizer(tmp_path, text_file, capsys):
     out = tmp_path / "bpe"
-    assert main(["train", "--text", str(text_file), "--out", str(out), "--steps", "2", "--block-size", "8",
-                 "--batch-size", "2", "--tokenizer", "bpe:300"]) == 0
+    assert main(["train", "--text", str(text_file), "--out", str(out), "--steps", "2", "--sample-tokens", "20",
+                 "--block-size", "8", "--batch-size", "2", "--tokenizer", "bpe:300"]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "gpt2" and cfg["vocab_size"] <= 300
     assert type(GPT.from_pretrained(out).tokenizer.decoder).__name__ == "ByteLevel"
@@ -143,7 +143,8 @@ def test_cli_bad_input(tmp_path, text_file, capsys):
 
 def test_cli_resume_errors_keep_the_run(tmp_path, text_file, capsys):
     out = tmp_path / "run"
-    args = ["train", "--text", str(text_file), "--out", str(out), "--block-size", "16", "--batch-size", "2"]
+    args = ["train", "--text", str(text_file), "--out", str(out), "--sample-tokens", "20", "--block-size", "16",
+            "--batch-size", "2"]
     assert main(args + ["--steps", "2"]) == 0
     capsys.readouterr()
     before = (out / "training_state.safetensors").read_bytes()
@@ -169,8 +170,8 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(tmp_path, text_file, capsys, mo
 
     monkeypatch.setattr(GPT, "value_and_grad", flaky)
     out = tmp_path / "run"
-    err = _error(capsys, ["train", "--text", str(text_file), "--out", str(out), "--steps", "6", "--block-size", "16",
-                          "--batch-size", "2", "--eval-interval", "2"])
+    err = _error(capsys, ["train", "--text", str(text_file), "--out", str(out), "--steps", "6", "--sample-tokens", "20",
+                          "--block-size", "16", "--batch-size", "2", "--eval-interval", "2"])
     assert "nan at step 3" in err and "step 2" in err
     state, _ = tr.load_state(out)
     assert state["step"] == 2 and len(state["history"]) == 2
@@ -201,3 +202,28 @@ def test_batches_depend_only_on_seed_and_step():
     x2, y2 = tr.get_batch(data, 4, 8, tr.batch_rng(0, 5))
     assert np.array_equal(x1, x2) and np.array_equal(y1, x1 + 1)
     assert not np.array_equal(x1, tr.get_batch(data, 4, 8, tr.batch_rng(0, 6))[0])
+
+
+def test_ctrl_c_keeps_the_steps_done_and_resume_finishes_them(tmp_path, text_file, capsys, monkeypatch):
+    """Ctrl-C between two steps: exit 130 with a checkpoint of the steps done; --resume then ends
+    with the same losses at every step as a run never interrupted."""
+    args = ["--text", str(text_file), "--steps", "6", "--sample-tokens", "20", "--block-size", "16", "--batch-size",
+            "2", "--eval-interval", "4"]
+    assert main(["train", "--out", str(tmp_path / "whole")] + args) == 0
+    real = GPT.value_and_grad
+    calls = []
+
+    def interrupted(self, ids, targets):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, ids, targets)
+
+    monkeypatch.setattr(GPT, "value_and_grad", interrupted)
+    assert main(["train", "--out", str(tmp_path / "cut")] + args) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert tr.load_state(tmp_path / "cut")[0]["step"] == 3
+    monkeypatch.setattr(GPT, "value_and_grad", real)
+    assert main(["train", "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    whole, cut = tr.load_state(tmp_path / "whole")[0], tr.load_state(tmp_path / "cut")[0]
+    assert cut["history"] == whole["history"] and len(cut["history"]) == 6

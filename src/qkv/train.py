@@ -53,6 +53,9 @@ STATE_FILE = "training_state.safetensors"
 FOLDER_FILES = ("config.json", "model.safetensors", "tokenizer.json", STATE_FILE, "loss.png", "sample.txt")
 
 
+RESUME_MAY_CHANGE = ("steps", "device", "text", "sample_tokens")  # what --resume may be given anew
+
+
 class TrainError(ValueError):
     """Bad input, or a run that cannot go on (NaN loss): one line for the user, nothing lost."""
 
@@ -80,6 +83,7 @@ class Settings:
     grad_clip: float = 1.0
     text: str = None  # the text file, or None for the standard-library default
     device: str = "cpu"
+    sample_tokens: int = 300  # tokens of the sample generated at the end (0: none)
 
     @classmethod
     def from_preset(cls, preset=None, **overrides):
@@ -369,6 +373,8 @@ def sample_text(model, tokenizer, data, s, n_tokens=300):
     nanoGPT's sample.py: past block_size tokens the context is cropped to the last block_size."""
     from qkv.nn.gpt import sample
 
+    if n_tokens <= 0:
+        return ""
     rng = np.random.default_rng(s.seed)
     ids = [int(data[0])]
     xp = model.xp()
@@ -402,10 +408,10 @@ def train(settings=None, out="out", *, resume=False, stop_after=None, log=None, 
         for k, v in given.items():
             if k == "preset":
                 raise TrainError("--preset starts a new run; --resume continues with the run's own settings")
-            if k not in ("steps", "device", "text") and k in saved and v != saved[k]:
+            if k not in RESUME_MAY_CHANGE and k in saved and v != saved[k]:
                 raise TrainError(f"--resume continues the run in {out} with its own settings: {k} is "
                                  f"{saved[k]!r} there, not {v!r}")
-        s = Settings(**{**saved, **{k: given[k] for k in ("steps", "device", "text") if k in given}})
+        s = Settings(**{**saved, **{k: given[k] for k in RESUME_MAY_CHANGE if k in given}})
         from qkv.io.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(out)
@@ -495,7 +501,7 @@ def train(settings=None, out="out", *, resume=False, stop_after=None, log=None, 
     checkpoint(s.steps)
     if history:
         plot_losses(history, evals, out / "loss.png")
-    sample = sample_text(model, tokenizer, val_data, s)
+    sample = sample_text(model, tokenizer, val_data, s, s.sample_tokens)
     _atomic_write(out / "sample.txt", lambda t: t.write_text(sample, encoding="utf-8"))
     return {"step": s.steps, "history": history, "evals": evals, "sample": sample, "stopped": False,
             "out": str(out)}

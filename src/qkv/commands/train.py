@@ -29,7 +29,8 @@ def add_parser(sub):
     p = sub.add_parser("train", help="train a GPT on a text file (char or byte-level BPE tokens)")
     p.add_argument("--text", metavar="FILE",
                    help="a UTF-8 text file (default: this Python's standard library sources, about 1 MB)")
-    p.add_argument("--out", required=True, metavar="DIR", help="the model folder to write (new, empty or a run to --resume)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the model folder to write (new, empty or a run to --resume)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="model and schedule: baby (nanoGPT's CPU baby GPT, the default), char (shakespeare-char), "
                         "small (GPT-2 small shapes)")
@@ -40,6 +41,7 @@ def add_parser(sub):
     p.add_argument("--tokenizer", help="char, or bpe:N for a byte-level BPE of N tokens trained on the text")
     p.add_argument("--eval-interval", type=positive_int, help="steps between evaluations and checkpoints")
     p.add_argument("--seed", type=nonneg_int, help="initial weights and batches (default 0)")
+    p.add_argument("--sample-tokens", type=nonneg_int, help="tokens of the sample generated at the end (default 300)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     return p
@@ -50,7 +52,7 @@ def run(args):
 
     overrides = dict(steps=args.steps, batch_size=args.batch_size, block_size=args.block_size, lr=args.lr,
                      tokenizer=args.tokenizer, eval_interval=args.eval_interval, seed=args.seed, text=args.text,
-                     device=args.device)
+                     device=args.device, sample_tokens=args.sample_tokens)
     try:
         with user_input():
             if args.resume:
@@ -62,5 +64,6 @@ def run(args):
                 result = train(Settings.from_preset(args.preset, **overrides), args.out)
     except TrainError as exc:
         raise CommandError(str(exc)) from None
-    print(result["sample"])
+    if result["sample"]:
+        print(result["sample"])
     return 0

@@ -98,7 +98,8 @@ class GPT(Module):
         for name, a in (("ids", ids), ("targets", targets)):
             a = a.get() if _backend.array_kind(a) == "cupy" else np.asarray(a)
             if a.ndim != 2 or a.dtype.kind not in "iu":
-                raise ValueError(f"value_and_grad: {name} must be a (B, T) integer array, got {a.dtype} of shape {a.shape}")
+                raise ValueError(f"value_and_grad: {name} must be a (B, T) integer array, got {a.dtype} of shape "
+                                 f"{a.shape}")
             host.append(a.astype(np.int64, copy=False))
         ids, targets = host
         if ids.shape != targets.shape:

@@ -139,7 +139,8 @@ class Tape:
         try:
             return self.saved[key]
         except KeyError:
-            raise RuntimeError(f"backward of {self.prefix or 'the model'} before its forward (no {key!r} saved)") from None
+            raise RuntimeError(f"backward of {self.prefix or 'the model'} before its forward (no {key!r} "
+                               "saved)") from None
 
     def get(self, key, default=None):
         return self.saved.get(key, default)
