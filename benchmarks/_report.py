@@ -1,10 +1,10 @@
 """What the side-by-side benchmark scripts share: interleaved timing, the facts every result
-carries, and writing ``<out>.json`` and ``<out>.md``.
+carries, the per-workload timing tables, and writing ``<out>.json`` and ``<out>.md``.
 
-Used by foundation_cpu.py and models_cpu.py (and attention_cpu.py for the writing). One place for
-"what does a results file say about the machine", so every committed table names the same things:
-date, CPU, thread counts, qkv's SIMD level, library versions, the BLAS kernels loaded
-(threadpoolctl) and the environment variables that move the figures.
+Used by foundation_cpu.py, backward_cpu.py and models_cpu.py (and attention_cpu.py for the
+writing). One place for "what does a results file say about the machine", so every committed
+table names the same things: date, CPU, thread counts, qkv's SIMD level, library versions, the
+BLAS kernels loaded (threadpoolctl) and the environment variables that move the figures.
 """
 
 import json
@@ -70,6 +70,19 @@ def machine_line(meta):
             f"NumPy {meta['numpy']}, torch {meta['torch']} ({meta['torch_threads']} threads)"
             + (f", transformers {meta['transformers']}" if "transformers" in meta else "")
             + f". BLAS: {blas}. Env: {env or 'no overrides'}. Median of {meta['rounds']} interleaved rounds.")
+
+
+def timing_tables(med):
+    """Markdown lines: a table per workload of interleaved_medians' result, each implementation's time
+    and its ratio to the "qkv" row."""
+    lines = []
+    for name, impls in med.items():
+        base = impls["qkv"]
+        lines += [f"## {name}", "", "| implementation | time | relative to qkv |", "|---|---|---|"]
+        for impl, t in impls.items():
+            lines.append(f"| {impl} | {t * 1e3:.3f} ms | {t / base:.2f}x |")
+        lines.append("")
+    return lines
 
 
 def write(out, text, payload):

@@ -23,7 +23,7 @@ from scipy.linalg import blas
 import qkv
 from qkv import _reference as ref
 
-from _report import interleaved_medians, machine_line, machine_meta, write  # benchmarks/_report.py
+from _report import interleaved_medians, machine_line, machine_meta, timing_tables, write  # benchmarks/_report.py
 
 try:
     import torch
@@ -94,13 +94,7 @@ def main():
     rows = workloads(np.random.default_rng(0))
     med = interleaved_medians(rows, args.rounds)
     meta = machine_meta(args.rounds)
-    lines = [f"# Backward kernels, CPU ({meta['date']})", "", machine_line(meta), ""]
-    for name, impls in med.items():
-        base = impls["qkv"]
-        lines += [f"## {name}", "", "| implementation | time | relative to qkv |", "|---|---|---|"]
-        for impl, t in impls.items():
-            lines.append(f"| {impl} | {t * 1e3:.3f} ms | {t / base:.2f}x |")
-        lines.append("")
+    lines = [f"# Backward kernels, CPU ({meta['date']})", "", machine_line(meta), ""] + timing_tables(med)
     targets = {}
     lines += ["## Targets", "", "| workload | ratio | target | met |", "|---|---|---|---|"]
     for name, impls in med.items():
