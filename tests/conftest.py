@@ -5,6 +5,7 @@
 - ``simd`` fixture: every SIMD level this CPU supports (the cpu backend's kernels are compiled for
   AVX-512, AVX2 and baseline; the cap makes each path run here).
 - ``assert_close``: |actual - expected| <= k*eps*(scale + |expected|), NaN where the oracle has NaN.
+- ``adversarial_rows`` / ``adversarial_layer_norm_inputs``: inputs that break naive row kernels.
 - ``gpu`` marker: tests that need CuPy and a CUDA device; skipped when there is none.
 - Hypothesis runs a fixed profile ("ci": derandomized, no example database, no deadline) unless
   QKV_HYPOTHESIS_PROFILE=explore asks for random exploration (a separate, non-blocking CI step):
@@ -166,3 +167,15 @@ def adversarial_rows(rng, dtype):
     ro.flags.writeable = False
     yield "readonly", ro
     yield "transposed", rng.standard_normal((21, 6)).astype(dtype).T
+
+
+def adversarial_layer_norm_inputs(rng, dtype, affine):
+    """Yield (name, x, w, b): the finite arrays of adversarial_rows with the affine parameters
+    ``affine`` asks for ("both", "weight", "bias" or "none"; None where absent), drawn from rng."""
+    for name, x in adversarial_rows(rng, dtype):
+        if not np.isfinite(x).all():
+            continue
+        C = x.shape[-1]
+        w = rng.standard_normal(C).astype(dtype) if affine in ("both", "weight") else None
+        b = rng.standard_normal(C).astype(dtype) if affine in ("both", "bias") else None
+        yield name, x, w, b

@@ -10,7 +10,7 @@ same bits for 1 and 2 threads.
 
 import numpy as np
 import pytest
-from conftest import adversarial_rows
+from conftest import adversarial_layer_norm_inputs, adversarial_rows
 
 import qkv
 from qkv import _reference as ref
@@ -145,12 +145,7 @@ def test_layer_norm_reference_matches_finite_differences():
 @pytest.mark.parametrize("stats", [True, False], ids=["stats", "recompute"])
 def test_layer_norm_adversarial(backend, simd, dtype, affine, stats):
     rng = RNG(10)
-    for name, x in adversarial_rows(rng, dtype):
-        if not np.isfinite(x).all():
-            continue
-        C = x.shape[-1]
-        w = rng.standard_normal(C).astype(dtype) if affine in ("both", "weight") else None
-        b = rng.standard_normal(C).astype(dtype) if affine in ("both", "bias") else None
+    for name, x, w, b in adversarial_layer_norm_inputs(rng, dtype, affine):
         dy = rng.standard_normal(x.shape).astype(dtype)
         check_ln(dy, x, w, b, stats, name)
 
