@@ -32,9 +32,11 @@ use --cpu-time):
   products ~34%, P^T.V-style dQ ~16%), recomputing P and dS, packing and masking the rest.
 - b3 over b2 (4 sub-blocks share each dK/dV update and each K/V tile): +5% in one run, noise in
   another. b4 (128 queries per step), b5 (4x3 dK/dV microkernel), b7-b9 (6-key K.Q^T and dK/dV
-  microkernels, 6-column P^T.V, 128 queries) all within +-3% of b3 in the same run: negative
+  microkernels, 6-column P^T.V, 128 queries) all within +-5% of b3 in the same run, with no sign
+  that holds from one run to the next (b8 was 4-8% faster in one run, equal in another): negative
   results, so b3 ships (least scratch, the forward's microkernel shapes). b6 (32-key tiles) was
-  slower non-causal (~10%).
+  slower non-causal (~10%). perf annotate of the dK/dV microkernel: 2 loads, 4 broadcasts and 8
+  FMAs per lane, accumulators in registers; the FMAs wait on the broadcasts.
 - Against torch (its backward is GEMM-based; 1 thread, CPU time, L = 1024): torch ~48 GFLOP/s
   non-causal, ~31 causal, qkv ~61 and ~60: 1.3x and 1.9x. 2x non-causal would need about 100% of
   this machine's AVX2 FMA peak: the 2.0x target is out of reach here without AVX-512 (the forward
