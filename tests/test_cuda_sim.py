@@ -24,20 +24,9 @@ import simbuild  # noqa: E402
 import qkv._cuda as qc  # noqa: E402
 from qkv import _reference as ref  # noqa: E402
 
-pytestmark = pytest.mark.skipif(simbuild.missing_tools() is not None, reason=str(simbuild.missing_tools()))
-
 from cases import BF16, DTYPES, TOL, _dt, check, mma_probe_case, rand  # noqa: E402,F401
+from harness import pytestmark, sim  # noqa: E402,F401  (the skip and the fiber runtime fixture)
 from test_numerics import alibi, attention_bound  # noqa: E402  (README's accuracy bound, one place)
-
-
-@pytest.fixture(scope="module")
-def sim():
-    rt = simbuild.SimRuntime(simbuild.build())
-    saved = qc._rt
-    qc._rt = rt
-    yield rt
-    qc._rt = saved
-    qc.set_path("auto")
 
 
 @pytest.fixture

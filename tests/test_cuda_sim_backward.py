@@ -18,18 +18,8 @@ import simbuild  # noqa: E402
 import qkv._cuda as qc  # noqa: E402
 from qkv import _reference as ref  # noqa: E402
 
-pytestmark = pytest.mark.skipif(simbuild.missing_tools() is not None, reason=str(simbuild.missing_tools()))
-
 from cases import DTYPES, _dt, check, rand  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def sim():
-    rt = simbuild.SimRuntime(simbuild.build())
-    saved = qc._rt
-    qc._rt = rt
-    yield rt
-    qc._rt = saved
+from harness import pytestmark, sim  # noqa: E402,F401  (the skip and the fiber runtime fixture)
 
 
 def ran(sim, n, *names):
