@@ -42,6 +42,7 @@ def z(*shape, dtype=f32):
         (lambda: qkv.attention(z(1, 2, 5, 4), z(1, 2, 5, 8), z(1, 2, 5, 4)), ValueError, "head dims differ"),
         (lambda: qkv.attention(z(1, 2, 5, 4), z(1, 2, 5, 4), z(1, 2, 6, 4)), ValueError, "k and v must agree"),
         (lambda: qkv.attention(z(2, 2, 5, 4), z(1, 2, 5, 4), z(1, 2, 5, 4)), ValueError, "batch sizes differ"),
+        (lambda: qkv.attention(z(1, 2, 5, 4), z(1, 2, 5, 4), None), TypeError, "v must be an array, got NoneType"),
         (lambda: qkv.attention(z(1, 2, 5, 4), z(1, 2, 5, 4, dtype=np.float64), z(1, 2, 5, 4)), TypeError, "k has dtype float64"),
         (lambda: qkv.attention(z(1, 2, 5, 4), z(1, 2, 5, 4), z(1, 2, 5, 4), mask=z(3, 5) > 0), ValueError, r"mask of shape \(3, 5\) does not broadcast to scores"),
         (lambda: qkv.attention(z(2, 2, 5, 4), z(2, 2, 5, 4), z(2, 2, 5, 4), kv_lengths=np.array([1, 6])), ValueError, r"kv_lengths must lie in \[0, 5\]"),

@@ -245,35 +245,11 @@ def mlp(x, w1, b1, w2, b2, activation="gelu_tanh"):
     return linear(h, w2, b2)
 
 
-def attention(q, k, v, *, causal=False, mask=None, kv_lengths=None, scale=None, return_lse=False,
-              return_weights=False, out=None):
-    """Scaled dot-product attention, ``softmax(scale * q k^T + mask) v``, fused.
-
-    Parameters
-    ----------
-    q : (B, Hq, Lq, D)
-    k : (B, Hkv, Lk, D), with Hq % Hkv == 0 (MHA, GQA, MQA)
-    v : (B, Hkv, Lk, Dv)
-    causal : False, True (== "bottom_right": query i sees keys j <= i + Lk - Lq) or "top_left" (j <= i)
-    mask : bool (True = attend) or float (added to the scores) array broadcastable to (B, Hq, Lq, Lk)
-    kv_lengths : int array (B,): row b has kv_lengths[b] keys, those at positions >= kv_lengths[b]
-        are masked (padded batches, KV caches of different lengths). With causal bottom-right the
-        diagonal sits at each row's length, as in FlashAttention's kv cache: query i of row b sees
-        keys j <= i + kv_lengths[b] - Lq (the last query sees the row's last key; with Lq >
-        kv_lengths[b] the first queries see none). "top_left" stays j <= i (and j < kv_lengths[b]),
-        what a right-padded batch of sequences attending to themselves needs.
-    scale : float, default 1/sqrt(D)
-    return_lse : also return the log-sum-exp of the scores, (B, Hq, Lq)
-    return_weights : also return the attention weights (B, Hq, Lq, Lk) (materialised, for inspection)
-    out : optional (B, Hq, Lq, Dv) destination
-
-    Returns ``out`` (B, Hq, Lq, Dv), or a tuple ``(out, lse?, weights?)`` when asked. A query that
-    sees no key gets zeros (lse = -inf); masked keys never influence the output, even if they hold
-    NaN or Inf. Views whose last axis is contiguous are used without a copy.
-    """
-    op = "attention"
-    be = _backend.select(op, {"q": q, "k": k, "v": v, "mask": mask, "kv_lengths": kv_lengths, "out": out})
+def _check_attention_args(op, be, q, k, v, causal, mask, kv_lengths, scale):
+    """attention's checks of q, k, v and its options; returns (causal, mask, scale) normalised."""
     for name, a in (("q", q), ("k", k), ("v", v)):
+        if _backend.array_kind(a) is None:
+            raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
         if a.ndim != 4:
             raise ValueError(f"{op}: {name} must be 4-D (B, H, L, D), got shape {_shape(a)}")
         _check_float(op, name, a, be)
@@ -302,6 +278,39 @@ def attention(q, k, v, *, causal=False, mask=None, kv_lengths=None, scale=None, 
         if int(kv_lengths.min()) < 0 or int(kv_lengths.max()) > Lk:
             raise ValueError(f"{op}: kv_lengths must lie in [0, {Lk}] (Lk), got min {int(kv_lengths.min())} "
                              f"max {int(kv_lengths.max())}")
+    return causal, mask, scale
+
+
+def attention(q, k, v, *, causal=False, mask=None, kv_lengths=None, scale=None, return_lse=False,
+              return_weights=False, out=None):
+    """Scaled dot-product attention, ``softmax(scale * q k^T + mask) v``, fused.
+
+    Parameters
+    ----------
+    q : (B, Hq, Lq, D)
+    k : (B, Hkv, Lk, D), with Hq % Hkv == 0 (MHA, GQA, MQA)
+    v : (B, Hkv, Lk, Dv)
+    causal : False, True (== "bottom_right": query i sees keys j <= i + Lk - Lq) or "top_left" (j <= i)
+    mask : bool (True = attend) or float (added to the scores) array broadcastable to (B, Hq, Lq, Lk)
+    kv_lengths : int array (B,): row b has kv_lengths[b] keys, those at positions >= kv_lengths[b]
+        are masked (padded batches, KV caches of different lengths). With causal bottom-right the
+        diagonal sits at each row's length, as in FlashAttention's kv cache: query i of row b sees
+        keys j <= i + kv_lengths[b] - Lq (the last query sees the row's last key; with Lq >
+        kv_lengths[b] the first queries see none). "top_left" stays j <= i (and j < kv_lengths[b]),
+        what a right-padded batch of sequences attending to themselves needs.
+    scale : float, default 1/sqrt(D)
+    return_lse : also return the log-sum-exp of the scores, (B, Hq, Lq)
+    return_weights : also return the attention weights (B, Hq, Lq, Lk) (materialised, for inspection)
+    out : optional (B, Hq, Lq, Dv) destination
+
+    Returns ``out`` (B, Hq, Lq, Dv), or a tuple ``(out, lse?, weights?)`` when asked. A query that
+    sees no key gets zeros (lse = -inf); masked keys never influence the output, even if they hold
+    NaN or Inf. Views whose last axis is contiguous are used without a copy.
+    """
+    op = "attention"
+    be = _backend.select(op, {"q": q, "k": k, "v": v, "mask": mask, "kv_lengths": kv_lengths, "out": out})
+    causal, mask, scale = _check_attention_args(op, be, q, k, v, causal, mask, kv_lengths, scale)
+    B, Hq, Lq, _ = q.shape
     out = _check_out(op, out, (B, Hq, Lq, v.shape[3]), q.dtype,
                      {"q": q, "k": k, "v": v, "mask": mask, "kv_lengths": kv_lengths})
     return be.attention(q, k, v, scale, causal=causal, mask=mask, kv_lengths=kv_lengths, out=out,
@@ -511,42 +520,6 @@ def cross_entropy(logits, targets, ignore_index=-1, *, return_grad=False):
 # attention backward
 
 
-def _check_attention_inputs(op, be, q, k, v, causal, mask, kv_lengths, scale):
-    """attention's checks of q, k, v and its options; returns (causal, mask, scale) normalised."""
-    for name, a in (("q", q), ("k", k), ("v", v)):
-        if _backend.array_kind(a) is None:
-            raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
-        if a.ndim != 4:
-            raise ValueError(f"{op}: {name} must be 4-D (B, H, L, D), got shape {_shape(a)}")
-        _check_float(op, name, a, be)
-        _check_nonempty(op, name, a)
-    _check_same_dtype(op, "q", q, {"k": k, "v": v})
-    B, Hq, Lq, D = q.shape
-    _, Hkv, Lk, Dk = k.shape
-    if k.shape[0] != B or v.shape[0] != B:
-        raise ValueError(f"{op}: batch sizes differ: q {_shape(q)}, k {_shape(k)}, v {_shape(v)}")
-    if Dk != D:
-        raise ValueError(f"{op}: q and k head dims differ: q {_shape(q)}, k {_shape(k)}")
-    if v.shape[1] != Hkv or v.shape[2] != Lk:
-        raise ValueError(f"{op}: k and v must agree on (B, H, L): k {_shape(k)}, v {_shape(v)}")
-    if Hq % Hkv:
-        raise ValueError(f"{op}: q heads ({Hq}) must be a multiple of k/v heads ({Hkv}): q {_shape(q)}, k {_shape(k)}")
-    causal = _check_causal(op, causal)
-    scale = 1.0 / math.sqrt(D) if scale is None else _check_scalar(op, "scale", scale)
-    mask = _check_mask(op, mask, (B, Hq, Lq, Lk), be, q.dtype, "scores (B, Hq, Lq, Lk) =")
-    if kv_lengths is not None:
-        if _backend.array_kind(kv_lengths) is None:
-            raise TypeError(f"{op}: kv_lengths must be an integer array of shape ({B},)")
-        if kv_lengths.dtype.kind not in "iu":
-            raise TypeError(f"{op}: kv_lengths must be integers, got dtype {kv_lengths.dtype}")
-        if _shape(kv_lengths) != (B,):
-            raise ValueError(f"{op}: kv_lengths must have shape ({B},) for q of shape {_shape(q)}, got {_shape(kv_lengths)}")
-        if int(kv_lengths.min()) < 0 or int(kv_lengths.max()) > Lk:
-            raise ValueError(f"{op}: kv_lengths must lie in [0, {Lk}] (Lk), got min {int(kv_lengths.min())} "
-                             f"max {int(kv_lengths.max())}")
-    return causal, mask, scale
-
-
 def attention_backward(dout, q, k, v, out, lse, *, causal=False, mask=None, kv_lengths=None, scale=None):
     """Gradients of :func:`attention`: ``(dq, dk, dv)``, FlashAttention-2's algorithm.
 
@@ -561,7 +534,7 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, mask=None, kv_l
     op = "attention_backward"
     be = _backend.select(op, {"dout": dout, "q": q, "k": k, "v": v, "out": out, "lse": lse, "mask": mask,
                               "kv_lengths": kv_lengths})
-    causal, mask, scale = _check_attention_inputs(op, be, q, k, v, causal, mask, kv_lengths, scale)
+    causal, mask, scale = _check_attention_args(op, be, q, k, v, causal, mask, kv_lengths, scale)
     B, Hq, Lq, _ = q.shape
     o_shape = (B, Hq, Lq, v.shape[3])
     for name, a in (("dout", dout), ("out", out)):
