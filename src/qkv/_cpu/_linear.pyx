@@ -19,13 +19,49 @@ from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 from qkv._cpu._activation cimport qkv_bias_act_f32, qkv_bias_act_f64, qkv_act_backward_f32, qkv_act_backward_f64
 
 
+cdef int _weight_layout(const floating[:, :] w, int K, int N, char* trans, int* ld) except -1:
+    """BLAS view of a (K, N) weight: row-major -> (b'N', row stride), i.e. column-major (N, K);
+    column-major -> (b'T', column stride), i.e. column-major (K, N) used transposed.
+
+    trans is what linear_rows passes for the forward product x @ W in the swapped column-major form.
+    """
+    cdef int itemsize = sizeof(floating)
+    if w.strides[1] == itemsize and w.strides[0] % itemsize == 0 and w.strides[0] >= N * itemsize:
+        trans[0] = b'N'
+        ld[0] = max(w.strides[0] // itemsize, 1)
+    elif w.strides[0] == itemsize and w.strides[1] % itemsize == 0 and w.strides[1] >= K * itemsize:
+        trans[0] = b'T'
+        ld[0] = max(w.strides[1] // itemsize, 1)
+    else:
+        raise ValueError("linear: weight must be row- or column-contiguous")
+    return 0
+
+
+cdef inline void _gemm(char* ta, char* tb, int m, int n, int k, const floating* a, int lda,
+                       const floating* b, int ldb, floating* c, int ldc) noexcept nogil:
+    """Column-major C (m, n) = op(A) (m, k) @ op(B) (k, n): sgemm or dgemm by dtype."""
+    cdef floating alpha = 1, beta = 0
+    if floating is float:
+        sgemm(ta, tb, &m, &n, &k, &alpha, <float*>a, &lda, <float*>b, &ldb, &beta, c, &ldc)
+    else:
+        dgemm(ta, tb, &m, &n, &k, &alpha, <double*>a, &lda, <double*>b, &ldb, &beta, c, &ldc)
+
+
+cdef inline int _act_backward(floating* g, floating* db, const floating* dy, const floating* pre, int64_t M,
+                              int64_t N, int act, int simd, int n_threads) noexcept nogil:
+    """qkv_act_backward_f32/_f64 by dtype (csrc/activation.c): g = dy * act'(pre), db = column sums."""
+    if floating is float:
+        return qkv_act_backward_f32(g, db, dy, pre, M, N, act, simd, n_threads)
+    else:
+        return qkv_act_backward_f64(g, db, dy, pre, M, N, act, simd, n_threads)
+
+
 def linear_rows(floating[:, ::1] out,         # OUT (M, N)
                 const floating[:, ::1] x,     # IN  (M, K)
                 const floating[:, :] w,       # IN  (K, N), row- or column-major
                 const floating[::1] bias,     # IN  (N,) or None
                 int act, int simd, int n_threads):
     cdef int M = x.shape[0], K = x.shape[1], N = w.shape[1]
-    cdef int itemsize = sizeof(floating)
     cdef char transa
     cdef int ldw, lda = K, ldc = N
     cdef floating alpha = 1, beta = 0
@@ -34,21 +70,13 @@ def linear_rows(floating[:, ::1] out,         # OUT (M, N)
     cdef int one = 1, gm, gn
     if w.shape[0] != K or out.shape[0] != M or out.shape[1] != N:
         raise ValueError("linear_rows: shape mismatch")
-    if w.strides[1] == itemsize and w.strides[0] % itemsize == 0 and w.strides[0] >= N * itemsize:
-        transa = b'N'                            # w row-major: column-major (N, K) with ld = row stride
-        ldw = w.strides[0] // itemsize
-    elif w.strides[0] == itemsize and w.strides[1] % itemsize == 0 and w.strides[1] >= K * itemsize:
-        transa = b'T'                            # w column-major: column-major (K, N); use its transpose
-        ldw = w.strides[1] // itemsize
-    else:
-        raise ValueError("linear_rows: weight must be row- or column-contiguous")
+    _weight_layout(w, K, N, &transa, &ldw)
     if bias is not None:
         if bias.shape[0] != N:
             raise ValueError("linear_rows: bias length mismatch")
         bp = &bias[0]
     if M == 0:
         return
-    ldw = max(ldw, 1)
     # gemv view of the same column-major operand: (N, K) for 'N', (K, N) for 'T'
     gm, gn = (N, K) if transa == b'N' else (K, N)
     with nogil:
@@ -74,23 +102,6 @@ def linear_rows(floating[:, ::1] out,         # OUT (M, N)
         raise ValueError(f"qkv_bias_act failed with status {status}")
 
 
-cdef int _weight_layout(const floating[:, :] w, int K, int N, char* trans, int* ld) except -1:
-    """BLAS view of a (K, N) weight: row-major -> (b'N', row stride); column-major -> (b'T', column stride).
-
-    trans is what linear_rows passes for the forward product x @ W in the swapped column-major form.
-    """
-    cdef int itemsize = sizeof(floating)
-    if w.strides[1] == itemsize and w.strides[0] % itemsize == 0 and w.strides[0] >= N * itemsize:
-        trans[0] = b'N'
-        ld[0] = max(w.strides[0] // itemsize, 1)
-    elif w.strides[0] == itemsize and w.strides[1] % itemsize == 0 and w.strides[1] >= K * itemsize:
-        trans[0] = b'T'
-        ld[0] = max(w.strides[1] // itemsize, 1)
-    else:
-        raise ValueError("linear: weight must be row- or column-contiguous")
-    return 0
-
-
 def linear_backward_rows(floating[:, ::1] dx,        # OUT  (M, K)
                          floating[:, :] dw,          # OUT  (K, N), C- or F-contiguous (as the weight)
                          floating[::1] db,           # OUT  (N,) or None
@@ -103,8 +114,7 @@ def linear_backward_rows(floating[:, ::1] dx,        # OUT  (M, K)
     cdef int M = x.shape[0], K = x.shape[1], N = w.shape[1]
     cdef int itemsize = sizeof(floating)
     cdef char tw, tn = b'N', tt = b'T'
-    cdef int ldw
-    cdef floating alpha = 1, beta = 0
+    cdef int ldw = 0  # set by _weight_layout
     cdef floating* dbp = NULL
     cdef const floating* gp
     cdef int status = 0
@@ -132,34 +142,20 @@ def linear_backward_rows(floating[:, ::1] dx,        # OUT  (M, K)
     # BLAS: dx^T (K, M) = op(W) (K, N) @ g^T (N, M): the weight's forward trans flag, flipped
     tw = b'T' if tw == b'N' else b'N'
     with nogil:
-        if floating is float:
-            if act != 0:
-                status = qkv_act_backward_f32(&g[0, 0], dbp, &dy[0, 0], &pre[0, 0], M, N, act, simd, n_threads)
-                gp = &g[0, 0]
-            else:
-                gp = &dy[0, 0]
-                if dbp != NULL:
-                    status = qkv_act_backward_f32(NULL, dbp, &dy[0, 0], NULL, M, N, 0, simd, n_threads)
-            if status == 0:
-                sgemm(&tw, &tn, &K, &M, &N, &alpha, <float*>&w[0, 0], &ldw, <float*>gp, &N, &beta, &dx[0, 0], &K)
-                if dw_fortran:  # dW (K, N) column-major = x^T g
-                    sgemm(&tn, &tt, &K, &N, &M, &alpha, <float*>&x[0, 0], &K, <float*>gp, &N, &beta, &dw[0, 0], &K)
-                else:           # dW^T (N, K) column-major = g^T x
-                    sgemm(&tn, &tt, &N, &K, &M, &alpha, <float*>gp, &N, <float*>&x[0, 0], &K, &beta, &dw[0, 0], &N)
+        if act != 0:
+            status = _act_backward(&g[0, 0], dbp, &dy[0, 0], &pre[0, 0], M, N, act, simd, n_threads)
+            gp = &g[0, 0]
         else:
-            if act != 0:
-                status = qkv_act_backward_f64(&g[0, 0], dbp, &dy[0, 0], &pre[0, 0], M, N, act, simd, n_threads)
-                gp = &g[0, 0]
-            else:
-                gp = &dy[0, 0]
-                if dbp != NULL:
-                    status = qkv_act_backward_f64(NULL, dbp, &dy[0, 0], NULL, M, N, 0, simd, n_threads)
-            if status == 0:
-                dgemm(&tw, &tn, &K, &M, &N, &alpha, <double*>&w[0, 0], &ldw, <double*>gp, &N, &beta, &dx[0, 0], &K)
-                if dw_fortran:
-                    dgemm(&tn, &tt, &K, &N, &M, &alpha, <double*>&x[0, 0], &K, <double*>gp, &N, &beta, &dw[0, 0], &K)
-                else:
-                    dgemm(&tn, &tt, &N, &K, &M, &alpha, <double*>gp, &N, <double*>&x[0, 0], &K, &beta, &dw[0, 0], &N)
+            gp = &dy[0, 0]
+            if dbp != NULL:
+                status = _act_backward(<floating*>NULL, dbp, &dy[0, 0], <const floating*>NULL, M, N, 0, simd,
+                                       n_threads)
+        if status == 0:
+            _gemm(&tw, &tn, K, M, N, &w[0, 0], ldw, gp, N, &dx[0, 0], K)
+            if dw_fortran:  # dW (K, N) column-major = x^T g
+                _gemm(&tn, &tt, K, N, M, &x[0, 0], K, gp, N, &dw[0, 0], K)
+            else:           # dW^T (N, K) column-major = g^T x
+                _gemm(&tn, &tt, N, K, M, gp, N, &x[0, 0], K, &dw[0, 0], N)
     if status == -1:
         raise MemoryError("qkv_act_backward: out of memory")
     if status != 0:
