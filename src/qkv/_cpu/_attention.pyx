@@ -36,6 +36,43 @@ cdef void _strides(object a, str name, int64_t* dst) except *:
         dst[d] = a.strides[d] // item
 
 
+cdef int _marshal(str fn, object q, object k, object v, object mask, object mask_row_off, int mask_kind,
+                  object kv_lengths, int64_t* shape, int64_t* stride, void** mp, const int64_t** offp,
+                  const int64_t** klp) except -1:
+    """Checks q, k, v, the mask and kv_lengths as attention_fwd and attention_bwd both take them; fills
+    shape (B, Hq, Hkv, Lq, Lk, D, Dv), stride (9 element strides), the mask and kv_lengths pointers.
+    Returns 1 for float32, 0 for float64. fn names the caller in the messages."""
+    dtype = q.dtype
+    if dtype not in (np.float32, np.float64) or k.dtype != dtype or v.dtype != dtype:
+        raise TypeError(f"{fn}: q, k, v must share a float32/float64 dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    _strides(q, "q", &stride[0])
+    _strides(k, "k", &stride[3])
+    _strides(v, "v", &stride[6])
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    Dv = v.shape[3]
+    if k.shape[0] != B or k.shape[3] != D or tuple(v.shape[:3]) != (B, Hkv, Lk) or Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"{fn}: inconsistent shapes q {q.shape}, k {k.shape}, v {v.shape}")
+    shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6] = B, Hq, Hkv, Lq, Lk, D, Dv
+    if mask_kind != 0:
+        if mask is None or mask_row_off is None or mask_row_off.dtype != np.int64 or mask_row_off.ndim != 1 \
+                or mask_row_off.shape[0] != B * Hq * Lq or not mask_row_off.flags.c_contiguous:
+            raise ValueError(f"{fn}: mask offsets missing or of the wrong length")
+        if mask.dtype != (np.uint8 if mask_kind == 1 else dtype) or mask.shape[mask.ndim - 1] < Lk \
+                or mask.strides[mask.ndim - 1] != mask.itemsize:
+            raise ValueError(f"{fn}: mask of dtype {mask.dtype} shape {mask.shape} does not fit kind {mask_kind}")
+        if B * Hq * Lq and (mask_row_off.min() < 0 or mask_row_off.max() + Lk > mask.size):
+            raise ValueError(f"{fn}: mask offsets out of range")
+        mp[0] = cnp.PyArray_DATA(<cnp.ndarray>mask)
+        offp[0] = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>mask_row_off)
+    if kv_lengths is not None:
+        if kv_lengths.dtype != np.int64 or kv_lengths.ndim != 1 or kv_lengths.shape[0] != B \
+                or not kv_lengths.flags.c_contiguous:
+            raise ValueError(f"{fn}: kv_lengths must be a contiguous int64 array of shape (B,)")
+        klp[0] = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>kv_lengths)
+    return dtype == np.float32
+
+
 def _contiguous(object a, tuple shape, dtype, str name):
     if a is None:
         return
@@ -64,40 +101,15 @@ def attention_fwd(object out,             # OUT (B, Hq, Lq, Dv) contiguous
     cdef const int64_t* klp = NULL
     cdef void* lsep = NULL
     cdef void* wp = NULL
+    is_f32 = _marshal("attention_fwd", q, k, v, mask, mask_row_off, mask_kind, kv_lengths, shape, stride,
+                      &mp, &offp, &klp)
     dtype = q.dtype
-    if dtype not in (np.float32, np.float64) or k.dtype != dtype or v.dtype != dtype:
-        raise TypeError(f"attention_fwd: q, k, v must share a float32/float64 dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    is_f32 = dtype == np.float32
-    _strides(q, "q", &stride[0])
-    _strides(k, "k", &stride[3])
-    _strides(v, "v", &stride[6])
-    B, Hq, Lq, D = q.shape
-    Hkv, Lk = k.shape[1], k.shape[2]
-    Dv = v.shape[3]
-    if k.shape[0] != B or k.shape[3] != D or tuple(v.shape[:3]) != (B, Hkv, Lk) or Hkv == 0 or Hq % Hkv:
-        raise ValueError(f"attention_fwd: inconsistent shapes q {q.shape}, k {k.shape}, v {v.shape}")
-    shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6] = B, Hq, Hkv, Lq, Lk, D, Dv
+    B, Hq, Hkv, Lq, Lk, D, Dv = shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6]
     _contiguous(out, (B, Hq, Lq, Dv), dtype, "out")
     if out is None:
         raise ValueError("attention_fwd: out is required")
     _contiguous(lse, (B, Hq, Lq), dtype, "lse")
     _contiguous(weights, (B, Hq, Lq, Lk), dtype, "weights")
-    if mask_kind != 0:
-        if mask is None or mask_row_off is None or mask_row_off.dtype != np.int64 or mask_row_off.ndim != 1 \
-                or mask_row_off.shape[0] != B * Hq * Lq or not mask_row_off.flags.c_contiguous:
-            raise ValueError("attention_fwd: mask offsets missing or of the wrong length")
-        if mask.dtype != (np.uint8 if mask_kind == 1 else dtype) or mask.shape[mask.ndim - 1] < Lk \
-                or mask.strides[mask.ndim - 1] != mask.itemsize:
-            raise ValueError(f"attention_fwd: mask of dtype {mask.dtype} shape {mask.shape} does not fit kind {mask_kind}")
-        if B * Hq * Lq and (mask_row_off.min() < 0 or mask_row_off.max() + Lk > mask.size):
-            raise ValueError("attention_fwd: mask offsets out of range")
-        mp = cnp.PyArray_DATA(<cnp.ndarray>mask)
-        offp = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>mask_row_off)
-    if kv_lengths is not None:
-        if kv_lengths.dtype != np.int64 or kv_lengths.ndim != 1 or kv_lengths.shape[0] != B \
-                or not kv_lengths.flags.c_contiguous:
-            raise ValueError("attention_fwd: kv_lengths must be a contiguous int64 array of shape (B,)")
-        klp = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>kv_lengths)
     if lse is not None:
         lsep = cnp.PyArray_DATA(<cnp.ndarray>lse)
     if weights is not None:
@@ -167,19 +179,10 @@ def attention_bwd(object dq,              # OUT (B, Hq, Lq, D) contiguous
     cdef void* mp = NULL
     cdef const int64_t* offp = NULL
     cdef const int64_t* klp = NULL
+    cdef int is_f32 = _marshal("attention_bwd", q, k, v, mask, mask_row_off, mask_kind, kv_lengths, shape,
+                               stride, &mp, &offp, &klp)
     dtype = q.dtype
-    if dtype not in (np.float32, np.float64) or k.dtype != dtype or v.dtype != dtype:
-        raise TypeError(f"attention_bwd: q, k, v must share a float32/float64 dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    cdef int is_f32 = dtype == np.float32
-    _strides(q, "q", &stride[0])
-    _strides(k, "k", &stride[3])
-    _strides(v, "v", &stride[6])
-    B, Hq, Lq, D = q.shape
-    Hkv, Lk = k.shape[1], k.shape[2]
-    Dv = v.shape[3]
-    if k.shape[0] != B or k.shape[3] != D or tuple(v.shape[:3]) != (B, Hkv, Lk) or Hkv == 0 or Hq % Hkv:
-        raise ValueError(f"attention_bwd: inconsistent shapes q {q.shape}, k {k.shape}, v {v.shape}")
-    shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6] = B, Hq, Hkv, Lq, Lk, D, Dv
+    B, Hq, Hkv, Lq, Lk, D, Dv = shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6]
     _contiguous(dq, (B, Hq, Lq, D), dtype, "dq")
     _contiguous(dk, (B, Hkv, Lk, D), dtype, "dk")
     _contiguous(dv, (B, Hkv, Lk, Dv), dtype, "dv")
@@ -188,22 +191,6 @@ def attention_bwd(object dq,              # OUT (B, Hq, Lq, D) contiguous
             raise ValueError(f"attention_bwd: {name} must be a C-contiguous {dtype} array of shape {shp}")
     if dq is None or dk is None or dv is None:
         raise ValueError("attention_bwd: dq, dk and dv are required")
-    if mask_kind != 0:
-        if mask is None or mask_row_off is None or mask_row_off.dtype != np.int64 or mask_row_off.ndim != 1 \
-                or mask_row_off.shape[0] != B * Hq * Lq or not mask_row_off.flags.c_contiguous:
-            raise ValueError("attention_bwd: mask offsets missing or of the wrong length")
-        if mask.dtype != (np.uint8 if mask_kind == 1 else dtype) or mask.shape[mask.ndim - 1] < Lk \
-                or mask.strides[mask.ndim - 1] != mask.itemsize:
-            raise ValueError(f"attention_bwd: mask of dtype {mask.dtype} shape {mask.shape} does not fit kind {mask_kind}")
-        if B * Hq * Lq and (mask_row_off.min() < 0 or mask_row_off.max() + Lk > mask.size):
-            raise ValueError("attention_bwd: mask offsets out of range")
-        mp = cnp.PyArray_DATA(<cnp.ndarray>mask)
-        offp = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>mask_row_off)
-    if kv_lengths is not None:
-        if kv_lengths.dtype != np.int64 or kv_lengths.ndim != 1 or kv_lengths.shape[0] != B \
-                or not kv_lengths.flags.c_contiguous:
-            raise ValueError("attention_bwd: kv_lengths must be a contiguous int64 array of shape (B,)")
-        klp = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>kv_lengths)
     cdef void* dqp = cnp.PyArray_DATA(<cnp.ndarray>dq)
     cdef void* dkp = cnp.PyArray_DATA(<cnp.ndarray>dk)
     cdef void* dvp = cnp.PyArray_DATA(<cnp.ndarray>dv)

@@ -35,25 +35,34 @@ def _operand(a):
     return a if _strided_ok(a) else np.ascontiguousarray(a)
 
 
-def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None, return_lse=False,
-              return_weights=False):
-    """q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> out (B, Hq, Lq, Dv) [, lse, weights]."""
+def _prepare(op, q, k, v, mask, kv_lengths):
+    """What the forward and the backward kernels both take: q, k, v readable in place, the mask as
+    (base, kind, row offsets) and kv_lengths as contiguous int64 (or None)."""
     B, Hq, Lq, D = q.shape
     Lk, Dv = k.shape[2], v.shape[3]
     if D > MAX_HEAD_DIM or Dv > MAX_HEAD_DIM:
-        raise ValueError(f"attention: head dims up to {MAX_HEAD_DIM} are supported on the cpu backend, got "
+        raise ValueError(f"{op}: head dims up to {MAX_HEAD_DIM} are supported on the cpu backend, got "
                          f"q {q.shape}, v {v.shape}")
     q, k, v = _operand(q), _operand(k), _operand(v)
-    dtype = q.dtype
-    y = np.empty((B, Hq, Lq, Dv), dtype=dtype) if out is None else out
-    lse = np.empty((B, Hq, Lq), dtype=dtype) if return_lse else None
-    weights = np.empty((B, Hq, Lq, Lk), dtype=dtype) if return_weights else None
     if mask is not None:
         mask = np.ascontiguousarray(mask)
     base, kind, off = mask_rows(mask, (B, Hq, Lq, Lk))
     if base is not None:
         base = np.ascontiguousarray(base)
     kvl = None if kv_lengths is None else np.ascontiguousarray(kv_lengths, dtype=np.int64)
+    return q, k, v, base, kind, off, kvl
+
+
+def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None, return_lse=False,
+              return_weights=False):
+    """q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> out (B, Hq, Lq, Dv) [, lse, weights]."""
+    B, Hq, Lq, D = q.shape
+    Lk, Dv = k.shape[2], v.shape[3]
+    q, k, v, base, kind, off, kvl = _prepare("attention", q, k, v, mask, kv_lengths)
+    dtype = q.dtype
+    y = np.empty((B, Hq, Lq, Dv), dtype=dtype) if out is None else out
+    lse = np.empty((B, Hq, Lq), dtype=dtype) if return_lse else None
+    weights = np.empty((B, Hq, Lq, Lk), dtype=dtype) if return_weights else None
     attention_fwd(y, lse, weights, q, k, v, base, off, kind, kvl, CAUSAL_CODES[causal], float(scale),
                   PATH_CODES[_path], _config.simd_level(), _config.get_num_threads())
     result = [y]
@@ -80,21 +89,12 @@ def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, k
     """
     B, Hq, Lq, D = q.shape
     Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
-    if D > MAX_HEAD_DIM or Dv > MAX_HEAD_DIM:
-        raise ValueError(f"attention_backward: head dims up to {MAX_HEAD_DIM} are supported on the cpu backend, "
-                         f"got q {q.shape}, v {v.shape}")
-    q, k, v = _operand(q), _operand(k), _operand(v)
+    q, k, v, base, kind, off, kvl = _prepare("attention_backward", q, k, v, mask, kv_lengths)
     dtype = q.dtype
     dout, out, lse = (np.ascontiguousarray(a, dtype=dtype) for a in (dout, out, lse))
     dq = np.empty((B, Hq, Lq, D), dtype)
     dk = np.empty((B, Hkv, Lk, D), dtype)
     dv = np.empty((B, Hkv, Lk, Dv), dtype)
-    if mask is not None:
-        mask = np.ascontiguousarray(mask)
-    base, kind, off = mask_rows(mask, (B, Hq, Lq, Lk))
-    if base is not None:
-        base = np.ascontiguousarray(base)
-    kvl = None if kv_lengths is None else np.ascontiguousarray(kv_lengths, dtype=np.int64)
     attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, base, off, kind, kvl, CAUSAL_CODES[causal], float(scale),
                   PATH_CODES[_path], _config.simd_level(), _config.get_num_threads())
     return dq, dk, dv
