@@ -7,6 +7,7 @@ table names the same things: date, CPU, thread counts, qkv's SIMD level, library
 BLAS kernels loaded (threadpoolctl) and the environment variables that move the figures.
 """
 
+import argparse
 import json
 import os
 import statistics
@@ -83,6 +84,23 @@ def timing_tables(med):
             lines.append(f"| {impl} | {t * 1e3:.3f} ms | {t / base:.2f}x |")
         lines.append("")
     return lines
+
+
+def cli(doc, rounds, out):
+    """The command line of a side-by-side script: --rounds (default ``rounds``) and --out (default
+    ``out``), described by the first line of the script's docstring ``doc``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--out", default=out)
+    return ap.parse_args()
+
+
+def side_by_side(title, rows, rounds):
+    """Time ``rows`` (interleaved_medians), then the facts of the machine; returns (med, meta, lines),
+    lines the head of the results file: "# title (date)", machine_line and timing_tables."""
+    med = interleaved_medians(rows, rounds)
+    meta = machine_meta(rounds)
+    return med, meta, [f"# {title} ({meta['date']})", "", machine_line(meta), ""] + timing_tables(med)
 
 
 def write(out, text, payload):

@@ -15,15 +15,13 @@ medians), at GPT-2 small training shapes (B*T = 8*512 rows, C = 768, 4C = 3072).
 The NumPy reference backend is timed for the row ops as a floor. Writes <out>.json and <out>.md.
 """
 
-import argparse
-
 import numpy as np
 from scipy.linalg import blas
 
 import qkv
 from qkv import _reference as ref
 
-from _report import interleaved_medians, machine_line, machine_meta, timing_tables, write  # benchmarks/_report.py
+from _report import cli, side_by_side, write  # benchmarks/_report.py
 
 try:
     import torch
@@ -87,14 +85,8 @@ def workloads(rng):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=11)
-    ap.add_argument("--out", default="benchmarks/results/backward_cpu")
-    args = ap.parse_args()
-    rows = workloads(np.random.default_rng(0))
-    med = interleaved_medians(rows, args.rounds)
-    meta = machine_meta(args.rounds)
-    lines = [f"# Backward kernels, CPU ({meta['date']})", "", machine_line(meta), ""] + timing_tables(med)
+    args = cli(__doc__, rounds=11, out="benchmarks/results/backward_cpu")
+    med, meta, lines = side_by_side("Backward kernels, CPU", workloads(np.random.default_rng(0)), args.rounds)
     targets = {}
     lines += ["## Targets", "", "| workload | ratio | target | met |", "|---|---|---|---|"]
     for name, impls in med.items():

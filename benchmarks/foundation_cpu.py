@@ -9,14 +9,12 @@
 Writes <out>.json and <out>.md with the machine, versions, BLAS kernels and thread counts.
 """
 
-import argparse
-
 import numpy as np
 
 import qkv
 from qkv import _reference as ref
 
-from _report import interleaved_medians, machine_line, machine_meta, timing_tables, write  # benchmarks/_report.py
+from _report import cli, side_by_side, write  # benchmarks/_report.py
 
 try:
     import torch
@@ -75,14 +73,8 @@ def workloads(rng):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--out", default="benchmarks/results/foundation_cpu")
-    args = ap.parse_args()
-    rows = workloads(np.random.default_rng(0))
-    med = interleaved_medians(rows, args.rounds)
-    meta = machine_meta(args.rounds)
-    lines = [f"# Foundation kernels, CPU ({meta['date']})", "", machine_line(meta), ""] + timing_tables(med)
+    args = cli(__doc__, rounds=15, out="benchmarks/results/foundation_cpu")
+    med, meta, lines = side_by_side("Foundation kernels, CPU", workloads(np.random.default_rng(0)), args.rounds)
     lin = med["linear+gelu [512,768]x[768,3072]"]
     lines.append(f"linear+GELU / bare NumPy matmul: {lin['qkv'] / lin['numpy matmul (bare)']:.3f} "
                  f"(out=: {lin['qkv out='] / lin['numpy matmul (bare)']:.3f}); target <= 1.15")
