@@ -18,7 +18,6 @@ three gradients the call returns. Target: the kernel's own extra memory under 12
 import argparse
 import importlib
 import os
-import subprocess
 import sys
 import time
 
@@ -27,6 +26,7 @@ import numpy as np
 import qkv
 from qkv._bench import fma_peak
 
+from _memory import peak_memory  # benchmarks/_memory.py
 from _report import interleaved_medians, machine_line, machine_meta, write  # benchmarks/_report.py
 
 try:
@@ -85,14 +85,8 @@ def workloads(rng, lengths):
     return rows
 
 
-MEMORY_SCRIPT = r"""
-import os, sys, threading, time
-import numpy as np
-lib, L, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-page = os.sysconf("SC_PAGE_SIZE")
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * page
+# the call whose peak memory _memory.peak_memory measures (lib, L, threads and rss() are defined)
+MEMORY_SETUP = r"""
 rng = np.random.default_rng(0)
 dout, q, k, v = (rng.standard_normal((1, 12, L, 64), dtype=np.float32) for _ in range(4))
 if lib == "qkv":
@@ -111,29 +105,7 @@ else:
     tout = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
     tdo = torch.from_numpy(dout)
     call = lambda: tout.backward(tdo)  # its gradients are fresh tensors too
-peak, done = [0], threading.Event()
-def sample():  # the resident set, polled every 0.2 ms while the call runs
-    while not done.is_set():
-        peak[0] = max(peak[0], rss())
-        time.sleep(0.0002)
-before = rss()
-t = threading.Thread(target=sample)
-t.start()
-res = call()
-done.set()
-t.join()
-print((max(peak[0], rss()) - before) / 2**20)
 """
-
-
-def peak_memory(lib, L, threads):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(HERE), "src")] + sys.path))
-    res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, lib, str(L), str(threads)], capture_output=True,
-                         text=True, env=env)
-    if res.returncode:
-        print(f"memory probe for {lib} failed: {res.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return float(res.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -168,9 +140,9 @@ def main():
     peak = max(p["gflops"] for p in peaks)
     mem_L = args.memory_length
     outputs_mb = 3 * B * H * mem_L * D * 4 / 2**20
-    memory = {"L": mem_L, "outputs_mb": outputs_mb, "qkv": peak_memory("qkv", mem_L, threads)}
+    memory = {"L": mem_L, "outputs_mb": outputs_mb, "qkv": peak_memory(MEMORY_SETUP, "qkv", mem_L, threads)}
     if torch is not None:
-        memory["torch"] = peak_memory("torch", mem_L, threads)
+        memory["torch"] = peak_memory(MEMORY_SETUP, "torch", mem_L, threads)
     meta = machine_meta(args.rounds, fma_peak=peaks, load_average_before_after=load, qkv_path=path)
     lines = [f"# Attention backward, CPU ({meta['date']})", "", machine_line(meta), "",
              f"float32, B={B}, H={H}, D={D}, Lq = Lk = L; qkv path: {path}. GFLOP/s = 2.5 x 4*B*H*L^2*D / time "

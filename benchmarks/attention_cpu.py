@@ -17,7 +17,6 @@ NumPy naive attention materialises the (H, L, L) scores; it runs only for L <= 2
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
@@ -31,6 +30,7 @@ import _build  # noqa: E402
 import qkv  # noqa: E402  (imported before torch: one OpenMP runtime per library, qkv's loads first)
 from qkv._bench import cpu_model, fma_peak  # noqa: E402
 
+from _memory import peak_memory  # noqa: E402  (benchmarks/_memory.py)
 from _report import write  # noqa: E402  (benchmarks/_report.py)
 
 try:
@@ -134,14 +134,8 @@ def _kernel_path(q, k, v):
     return importlib.import_module("qkv._cpu.attention").kernel_path(q.shape, k.shape, v.shape)
 
 
-MEMORY_SCRIPT = r"""
-import os, sys, threading, time
-import numpy as np
-lib, L, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-page = os.sysconf("SC_PAGE_SIZE")
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * page
+# the call whose peak memory _memory.peak_memory measures (lib, L, threads and rss() are defined)
+MEMORY_SETUP = r"""
 rng = np.random.default_rng(0)
 q, k, v, out = (np.empty((1, 12, L, 64), np.float32) for _ in range(4))
 for a in (q, k, v):
@@ -158,28 +152,7 @@ else:
     tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
     F.scaled_dot_product_attention(tq[:, :, :64], tk[:, :, :64], tv[:, :, :64], is_causal=True)
     call = lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)  # includes its fresh output
-peak, done = [0], threading.Event()
-def sample():  # the resident set, polled every 0.2 ms while the call runs
-    while not done.is_set():
-        peak[0] = max(peak[0], rss())
-        time.sleep(0.0002)
-before = rss()
-t = threading.Thread(target=sample)
-t.start()
-res = call()
-done.set()
-t.join()
-print((max(peak[0], rss()) - before) / 2**20)
 """
-
-
-def peak_memory(lib, L, threads):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(HERE), "src")] + sys.path))
-    res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, lib, str(L), str(threads)], capture_output=True,
-                         text=True, env=env)
-    if res.returncode:
-        return None
-    return float(res.stdout.strip().splitlines()[-1])
 
 
 def markdown(result):
@@ -266,7 +239,7 @@ def main(argv=None):
     machine["load_average_before_after"] = [load0, os.getloadavg()[0]]
     memory = {"L": args.memory_length, "numpy_scores_mib": H * args.memory_length**2 * 4 / 2**20}
     for lib in ("qkv",) + (("torch",) if torch is not None else ()):
-        memory[lib] = peak_memory(lib, args.memory_length, args.threads)
+        memory[lib] = peak_memory(MEMORY_SETUP, lib, args.memory_length, args.threads)
     result = {"machine": machine, "rows": rows, "memory": memory, "repeat": args.repeat,
               "command": "PYTHONPATH=src python benchmarks/attention_cpu.py " + " ".join(argv or sys.argv[1:]),
               "allocator": {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")}}
