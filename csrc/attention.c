@@ -134,25 +134,7 @@ static int attn_parallel(const void* job, size_t scratch, attn_loop first, attn_
 // plain path: 2 dtypes x 3 ISAs
 
 #define QKV_INC "attention_plain.inc"
-#define T float
-#define SFX f32
-#define EXP qkv_expf
-#define NEG_INF qkv_neg_inf_f()
-#include "qkv_isa_instances.h"
-#undef T
-#undef SFX
-#undef EXP
-#undef NEG_INF
-
-#define T double
-#define SFX f64
-#define EXP qkv_exp
-#define NEG_INF qkv_neg_inf_d()
-#include "qkv_isa_instances.h"
-#undef T
-#undef SFX
-#undef EXP
-#undef NEG_INF
+#include "qkv_dtype_instances.h"
 
 // ---------------------------------------------------------------------------------------------
 // backward: one call, as its work items read it (the plain items per dtype and ISA here, the tiled
@@ -171,25 +153,7 @@ typedef struct {
 
 #undef QKV_INC
 #define QKV_INC "attention_backward.inc"
-#define T float
-#define SFX f32
-#define EXP qkv_expf
-#define NEG_INF qkv_neg_inf_f()
-#include "qkv_isa_instances.h"
-#undef T
-#undef SFX
-#undef EXP
-#undef NEG_INF
-
-#define T double
-#define SFX f64
-#define EXP qkv_exp
-#define NEG_INF qkv_neg_inf_d()
-#include "qkv_isa_instances.h"
-#undef T
-#undef SFX
-#undef EXP
-#undef NEG_INF
+#include "qkv_dtype_instances.h"
 #undef QKV_INC
 
 // ---------------------------------------------------------------------------------------------

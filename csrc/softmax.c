@@ -30,25 +30,7 @@ Also here, because they are softmaxes too:
 // row kernels: 2 dtypes x 3 ISAs
 
 #define QKV_INC "softmax.inc"
-#define T float
-#define SFX f32
-#define EXP qkv_expf
-#define NEG_INF qkv_neg_inf_f()
-#include "qkv_isa_instances.h"
-#undef T
-#undef SFX
-#undef EXP
-#undef NEG_INF
-
-#define T double
-#define SFX f64
-#define EXP qkv_exp
-#define NEG_INF qkv_neg_inf_d()
-#include "qkv_isa_instances.h"
-#undef T
-#undef SFX
-#undef EXP
-#undef NEG_INF
+#include "qkv_dtype_instances.h"
 
 // ---------------------------------------------------------------------------------------------
 // drivers: pick the ISA, split rows across threads
