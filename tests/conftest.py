@@ -179,3 +179,18 @@ def adversarial_layer_norm_inputs(rng, dtype, affine):
         w = rng.standard_normal(C).astype(dtype) if affine in ("both", "weight") else None
         b = rng.standard_normal(C).astype(dtype) if affine in ("both", "bias") else None
         yield name, x, w, b
+
+
+def fd_grad(loss, a, h=1e-6):
+    """Central differences of the scalar loss() with respect to every element of a (float64, in place)."""
+    g = np.zeros_like(a, dtype=np.float64)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        up = loss()
+        flat[i] = old - h
+        down = loss()
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * h)
+    return g

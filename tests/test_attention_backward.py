@@ -8,7 +8,7 @@ import importlib
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, fd_grad
 from test_numerics import alibi
 
 import qkv
@@ -89,21 +89,6 @@ def inputs(rng, shape, dtype):
     B, Hq, Hkv, Lq, Lk, D, Dv = shape
     return (randn(rng, (B, Hq, Lq, Dv), dtype), randn(rng, (B, Hq, Lq, D), dtype), randn(rng, (B, Hkv, Lk, D), dtype),
             randn(rng, (B, Hkv, Lk, Dv), dtype))
-
-
-def fd_grad(loss, a, h=1e-6):
-    """Central differences of the scalar loss() with respect to every element of a (float64, in place)."""
-    g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = loss()
-        flat[i] = old - h
-        down = loss()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * h)
-    return g
 
 
 # ---------------------------------------------------------------------------------------------

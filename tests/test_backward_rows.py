@@ -10,7 +10,7 @@ same bits for 1 and 2 threads.
 
 import numpy as np
 import pytest
-from conftest import adversarial_layer_norm_inputs, adversarial_rows
+from conftest import adversarial_layer_norm_inputs, adversarial_rows, fd_grad
 
 import qkv
 from qkv import _reference as ref
@@ -20,21 +20,6 @@ RNG = np.random.default_rng
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def fd_grad(loss, a, h=1e-6):
-    """Central differences of the scalar loss() with respect to every element of a (float64, in place)."""
-    g = np.zeros_like(a, dtype=np.float64)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = loss()
-        flat[i] = old - h
-        down = loss()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * h)
-    return g
 
 
 def assert_fd(analytic, numeric, what):
