@@ -455,6 +455,22 @@ def _split_count(B, Hq, Lq, Lk):
     return max(1, min(want, math.ceil(Lk / 256)))
 
 
+def _attention_args(op, q, k, v, mask, kv_lengths):
+    """What the forward and backward kernels both take: the dtype name, q, k, v readable as they
+    are, the mask as (base, kind, strides) and kv_lengths clipped to [0, Lk] as int32 (or None)."""
+    xp = _runtime().xp
+    B, Hq, Lq, D = q.shape
+    Lk, Dv = k.shape[2], v.shape[3]
+    if max(D, Dv) > MAX_HEAD_DIM:
+        raise ValueError(f"{op}: head dims up to {MAX_HEAD_DIM} are supported on the cuda backend, got "
+                         f"q {tuple(q.shape)}, v {tuple(v.shape)}")
+    dt = _dtype_name(q.dtype)
+    q, k, v = _operand(q), _operand(k), _operand(v)
+    base, kind, ms = _mask_arg(mask, (B, Hq, Lq, Lk))
+    kvl = None if kv_lengths is None else xp.ascontiguousarray(xp.clip(kv_lengths, 0, Lk), dtype=np.int32)
+    return dt, q, k, v, base, kind, ms, kvl
+
+
 def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None, return_lse=False,
               return_weights=False):
     """q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) -> out (B, Hq, Lq, Dv) [, lse, weights]."""
@@ -462,15 +478,9 @@ def attention(q, k, v, scale, causal=None, mask=None, kv_lengths=None, out=None,
     xp = rt.xp
     B, Hq, Lq, D = q.shape
     Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
-    if max(D, Dv) > MAX_HEAD_DIM:
-        raise ValueError(f"attention: head dims up to {MAX_HEAD_DIM} are supported on the cuda backend, got "
-                         f"q {tuple(q.shape)}, v {tuple(v.shape)}")
-    dt = _dtype_name(q.dtype)
-    q, k, v = _operand(q), _operand(k), _operand(v)
+    dt, q, k, v, base, kind, ms, kvl = _attention_args("attention", q, k, v, mask, kv_lengths)
     o = out if (out is not None and _strides_ok(out)) else xp.empty((B, Hq, Lq, Dv), dtype=q.dtype)
     lse = xp.empty((B, Hq, Lq), dtype=np.float32) if return_lse else None
-    base, kind, ms = _mask_arg(mask, (B, Hq, Lq, Lk))
-    kvl = None if kv_lengths is None else xp.ascontiguousarray(xp.clip(kv_lengths, 0, Lk), dtype=np.int32)
     common_tail = (*_el_strides(q), *_el_strides(k), *_el_strides(v), *_el_strides(o), *(_i64(s) for s in ms))
 
     use_mma = _path in ("auto", "mma") and _mma_ok(q, k, v, o) and (Lq > 16 or _path == "mma")
@@ -547,19 +557,13 @@ def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, k
     xp = rt.xp
     B, Hq, Lq, D = q.shape
     Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
-    if max(D, Dv) > MAX_HEAD_DIM:
-        raise ValueError(f"attention_backward: head dims up to {MAX_HEAD_DIM} are supported on the cuda backend, "
-                         f"got q {tuple(q.shape)}, v {tuple(v.shape)}")
-    dt = _dtype_name(q.dtype)
-    q, k, v = _operand(q), _operand(k), _operand(v)
+    dt, q, k, v, base, kind, ms, kvl = _attention_args("attention_backward", q, k, v, mask, kv_lengths)
     dout, out = _contiguous(dout), _contiguous(out)
     lse = xp.ascontiguousarray(lse, dtype=np.float32)
     dq = xp.empty((B, Hq, Lq, D), dtype=q.dtype)
     dk = xp.empty((B, Hkv, Lk, D), dtype=q.dtype)
     dv = xp.empty((B, Hkv, Lk, Dv), dtype=q.dtype)
     drow = xp.empty((B, Hq, Lq), dtype=np.float32)  # D_i = dO_i . O_i, from the first kernel to the second
-    base, kind, ms = _mask_arg(mask, (B, Hq, Lq, Lk))
-    kvl = None if kv_lengths is None else xp.ascontiguousarray(xp.clip(kv_lengths, 0, Lk), dtype=np.int32)
     dmax = next(d for d in kernels.ATTN_ROWS_DMAX if d >= max(D, Dv))
     shapes = (_i32(Hq), _i32(Hkv), _i32(Lq), _i32(Lk), _i32(D), _i32(Dv), np.float32(scale),
               _i32(CAUSAL_CODES[causal]), *_el_strides(q), *_el_strides(k), *_el_strides(v),
