@@ -81,14 +81,7 @@ VERSIONS = {
 
 def build(defines):
     """csrc/attention.c compiled with these -D overrides, as a ctypes function."""
-    tag = "_".join(f"{k}{v}" for k, v in sorted(defines.items())) or "default"
-    src = os.path.join(HERE, f"_attention_bwd_{tag}.c")
-    with open(src, "w") as f:  # a one-line translation unit, so each variant gets its own library
-        f.write("".join(f"#define {k} {v}\n" for k, v in defines.items()) + '#include "attention.c"\n')
-    try:
-        lib = _build.load(os.path.basename(src))
-    finally:
-        os.remove(src)
+    lib = _build.load_attention("_attention_bwd", defines)
     fn = lib.qkv_attention_backward_f32
     P, I64 = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
     fn.argtypes = [P] * 9 + [P, ctypes.c_int, P, P, I64, I64, ctypes.c_int, ctypes.c_float, ctypes.c_int,
@@ -133,37 +126,12 @@ def validate(name, run, want):
             raise AssertionError(f"{name} {what}: max error {err:.2e} of the largest gradient vs the oracle")
 
 
-CLOCK = time.perf_counter
-
-
-def time_all(runs, repeat):
-    ts = {n: [] for n in runs}
-    for r in runs.values():
-        r()
-    for _ in range(repeat):
-        for n, r in runs.items():
-            t = CLOCK()
-            r()
-            ts[n].append(CLOCK() - t)
-    return {n: float(np.median(t)) for n, t in ts.items()}
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048])
-    ap.add_argument("--repeat", type=int, default=5)
+    _build.add_timing_args(ap)
     ap.add_argument("--versions", nargs="+", default=list(VERSIONS))
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--cpu-time", action="store_true",
-                    help="one thread, timed by the thread's CPU time (time.thread_time): on a shared machine this "
-                         "measures the kernel, not the scheduler")
     args = ap.parse_args(argv)
-    global CLOCK
-    if args.cpu_time:
-        args.threads, CLOCK = 1, time.thread_time
-    if args.quick:
-        args.lengths, args.repeat = [256], 2
+    clock = _build.timing_clock(args)
     versions = {n: VERSIONS[n] for n in args.versions}
     fns = {name: build(defs) for name, (_, defs, _, _) in versions.items()}
     peak = fma_peak(args.threads, 0.1)["gflops"]
@@ -179,11 +147,11 @@ def main(argv=None):
                     for name, (_, _, path, simd) in versions.items()}
             for name, run in runs.items():
                 validate(name, run, want)
-            times = time_all(runs, args.repeat)
+            times = _build.time_all(runs, args.repeat, clock)
             with threadpool_limits(args.threads, user_api="blas"):
                 naive = lambda: numpy_naive(dout, q, k, v, out, lse, causal)  # noqa: E731
                 validate("b0", naive, want)
-                times = {"b0": time_all({"b0": naive}, 2)["b0"], **times}
+                times = {"b0": _build.time_all({"b0": naive}, 2, clock)["b0"], **times}
             time.sleep(0.3)
             fl = 2.5 * 4 * H * L * L * D / (2 if causal else 1)
             print(f"\nL={L} {'causal' if causal else 'non-causal'}")

@@ -79,14 +79,7 @@ DECODE = {"d1": ("plain rows", {}, "plain", "avx512"), "d2": ("split-K (ships)",
 
 def build(defines):
     """csrc/attention.c compiled with these -D overrides, as a ctypes function."""
-    tag = "_".join(f"{k}{v}" for k, v in sorted(defines.items())) or "default"
-    src = os.path.join(HERE, f"_attention_{tag}.c")
-    with open(src, "w") as f:  # a one-line translation unit, so each variant gets its own library
-        f.write("".join(f"#define {k} {v}\n" for k, v in defines.items()) + '#include "attention.c"\n')
-    try:
-        lib = _build.load(os.path.basename(src))
-    finally:
-        os.remove(src)
+    lib = _build.load_attention("_attention", defines)
     fn = lib.qkv_attention_f32
     P, I64 = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
     fn.argtypes = [P, P, P, P, P, P, P, ctypes.c_int, P, P, I64, I64, ctypes.c_int, ctypes.c_float, ctypes.c_int,
@@ -128,36 +121,11 @@ def validate(name, run, q, k, v, causal):
     return err
 
 
-CLOCK = time.perf_counter
-
-
-def time_all(runs, repeat):
-    ts = {n: [] for n in runs}
-    for r in runs.values():
-        r()
-    for _ in range(repeat):
-        for n, r in runs.items():
-            t = CLOCK()
-            r()
-            ts[n].append(CLOCK() - t)
-    return {n: float(np.median(t)) for n, t in ts.items()}
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048])
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--cpu-time", action="store_true",
-                    help="one thread, timed by the thread's CPU time (time.thread_time): on a shared machine this "
-                         "measures the kernel, not the scheduler")
+    _build.add_timing_args(ap)
     args = ap.parse_args(argv)
-    global CLOCK
-    if args.cpu_time:
-        args.threads, CLOCK = 1, time.thread_time
-    if args.quick:
-        args.lengths, args.repeat = [256], 2
+    clock = _build.timing_clock(args)
     fns = {name: build(defs) for name, (_, defs, _, _) in {**VERSIONS, **DECODE}.items()}
     peak = fma_peak(args.threads, 0.1)["gflops"]
     print(f"FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s")
@@ -169,12 +137,12 @@ def main(argv=None):
                     for name, (_, _, path, simd) in VERSIONS.items()}
             for name, run in runs.items():
                 validate(name, run, q, k, v, causal)
-            times = time_all(runs, args.repeat)
+            times = _build.time_all(runs, args.repeat, clock)
             # NumPy last and alone: OpenBLAS worker threads busy-wait ~0.1 s after each call, which
             # on 2 vCPUs would steal the core from whatever runs next
             with threadpool_limits(args.threads, user_api="blas"):
                 validate("v0", lambda: numpy_naive(q, k, v, causal), q, k, v, causal)
-                times = {"v0": time_all({"v0": lambda: numpy_naive(q, k, v, causal)}, 2)["v0"], **times}
+                times = {"v0": _build.time_all({"v0": lambda: numpy_naive(q, k, v, causal)}, 2, clock)["v0"], **times}
             time.sleep(0.3)
             fl = 4 * H * L * L * D / (2 if causal else 1)
             print(f"\nL={L} {'causal' if causal else 'non-causal'}")
@@ -187,7 +155,7 @@ def main(argv=None):
     runs = {name: caller(fns[name], q, k, v, False, path, simd, args.threads) for name, (_, _, path, simd) in DECODE.items()}
     for name, run in runs.items():
         validate(name, run, q, k, v, False)
-    times = time_all(runs, args.repeat * 20)
+    times = _build.time_all(runs, args.repeat * 20, clock)
     print(f"\ndecode Lq=1 Lk={Lk}")
     for name, t in times.items():
         print(f"  {name} {DECODE[name][0]:38s} {t * 1e6:8.0f} us")
