@@ -81,7 +81,9 @@ def test_suite_is_collected():
     names = {c.__name__ for c in CLASSES}
     for expected in ("Softmax", "LayerNorm", "GELU", "Linear", "MLP", "Attention", "AttentionGQA",
                      "DecodeAttention", "AttentionMemory", "AttentionAccuracy", "GPT2Forward", "GPT2Decode",
-                     "MiniLMEmbed"):
+                     "MiniLMEmbed", "LayerNormBackward", "LayerNormBackwardAccuracy", "GELUBackward",
+                     "LinearBackward", "ActivationBackwardAccuracy", "AttentionBackward", "AttentionBackwardMemory",
+                     "AttentionBackwardAccuracy"):
         assert expected in names
     for cls in CLASSES:
         assert len(cls.params) == len(cls.param_names), cls
@@ -147,13 +149,18 @@ def test_benchmark_bodies(cls, backend, monkeypatch):
         for kind in sorted({_kind_of(m) for m in _methods(cls)}):
             actual = bench.impl.to_numpy(real_run(kind))
             try:
-                expected = np.asarray(bench.expected(kind), dtype=np.float64)
+                expected = bench.expected(kind)
             except NotImplementedError:
                 continue  # e.g. torch's models have their own weights
+            if not isinstance(expected, tuple):
+                actual, expected = (actual,), (expected,)
+            assert isinstance(actual, tuple) and len(actual) == len(expected), (cls.__name__, kind, combo)
             tol = TOL[dtype]
-            np.testing.assert_allclose(actual.astype(np.float64), expected, rtol=tol,
-                                       atol=tol * max(1.0, float(np.max(np.abs(expected)))),
-                                       err_msg=f"{cls.__name__}.run({kind!r}) at {combo}")
+            for i, (a, e) in enumerate(zip(actual, expected)):  # a backward's gradients, one by one
+                e = np.asarray(e, dtype=np.float64)
+                np.testing.assert_allclose(np.asarray(a, np.float64), e, rtol=tol,
+                                           atol=tol * max(1.0, float(np.max(np.abs(e)))),
+                                           err_msg=f"{cls.__name__}.run({kind!r}) at {combo}, output {i}")
     finally:
         bench.teardown(*combo)
     assert qkv.get_backend() == "auto", "teardown must restore the backend"
@@ -168,8 +175,21 @@ def test_work_counts_agree_with_qkv_bench():
     assert common.attention_flops(1, 1, 4, 4, 1, True) == 4 * 8  # 16 pairs, halved
     assert common.attention_flops(1, 1, 2, 4, 1, True) == 4 * 7  # bottom-right: 3 + 4 visible keys
     assert common.linear_flops(512, 768, 3072) == _bench.linear_flops(512, 768, 3072) == 2 * 512 * 768 * 3072
+    # backward: FlashAttention's 2.5x the forward; linear_backward's two GEMMs of the forward's size
+    for args in [(1, 12, 1024, 1024, 64, False), (1, 12, 1024, 1024, 64, True), (1, 8, 100, 300, 64, True)]:
+        assert common.attention_backward_flops(*args) == _bench.attention_backward_flops(*args) == \
+            2.5 * _bench.attention_flops(*args)
+    assert common.attention_backward_flops(1, 12, 1024, 1024, 64, True) == 2.5 * 2 * 12 * 1024 * 1024 * 64
+    assert common.linear_backward_flops(512, 768, 3072) == _bench.linear_backward_flops(512, 768, 3072) == \
+        2 * 2 * 512 * 768 * 3072
+    # and qkv bench's backward cases count the same as asv's
+    cases = {c.name: c for c in _bench.headline_cases(gemm_n=16)}
+    assert cases["attention_causal_bwd"].flops == common.attention_backward_flops(1, 12, 1024, 1024, 64, True)
+    assert cases["linear_gelu_bwd"].flops == common.linear_backward_flops(512, 768, 3072)
+    assert cases["layer_norm_bwd"].flops == cases["gelu_bwd"].flops == 0  # memory-bound: GB/s
     # one implementation of the shared helpers, not two copies that could drift apart
-    for name in ("attention_flops", "linear_flops", "max_abs_err"):
+    for name in ("attention_flops", "linear_flops", "attention_backward_flops", "linear_backward_flops",
+                 "max_abs_err", "torch_backward", "torch_leaves"):
         assert getattr(common, name) is getattr(_bench, name), name
     assert issubclass(common.Impl, _bench.Impl) and issubclass(_bench.Unavailable, NotImplementedError)
 
@@ -214,6 +234,63 @@ def test_qkv_bench_quick_json(tmp_path, capsys):
     sg = rows[("sgemm", "numpy")]
     assert sg["gflops"] == pytest.approx(2 * 1024**3 / sg["seconds"] / 1e9)
     assert sg["pct_of_fma_peak"] == pytest.approx(100 * sg["gflops"] / peak["gflops"])
+
+
+BACKWARD_CASES = ("layer_norm_bwd", "gelu_bwd", "linear_gelu_bwd", "attention_causal_bwd")
+
+
+def test_qkv_bench_quick_json_backward_cases(tmp_path, capsys):
+    """The backward rows: timed on qkv's cpu backend (and torch when installed, y.backward(dy) alone),
+    each checked against the NumPy oracle, attention's at a small L (the reference is not timed there)."""
+    from qkv import cli
+
+    path = tmp_path / "bench.json"
+    rc = cli.main(["bench", "--quick", "--json", str(path), "--only", ",".join(BACKWARD_CASES)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    report = json.loads(path.read_text())
+    rows = {(r["case"], r["backend"]): r for r in report["results"]}
+    assert [r["case"] for r in report["results"] if r["backend"] == "cpu"] == list(BACKWARD_CASES)
+    torch_here = report["machine"]["torch"] is not None
+    for case in BACKWARD_CASES:
+        assert case in out
+        for backend in ("cpu", "torch") if torch_here else ("cpu",):
+            r = rows[(case, backend)]
+            assert r["status"] == "ok", r
+            assert r["seconds"] > 0 and math.isfinite(r["max_abs_err"]) and r["max_abs_err"] < 1e-3, r
+        if torch_here:
+            cpu, torch = rows[(case, "cpu")], rows[(case, "torch")]
+            assert cpu["speedup_vs_torch"] == pytest.approx(torch["seconds"] / cpu["seconds"])
+    for case in ("layer_norm_bwd", "gelu_bwd", "linear_gelu_bwd"):  # the reference runs at the timed size
+        r = rows[(case, "numpy")]
+        assert r["status"] == "ok" and r["max_abs_err"] == 0.0 and "checked_at" not in r, r
+    attn = rows[("attention_causal_bwd", "cpu")]
+    assert attn["shape"] == "B=1 H=12 L=1024 D=64" and attn["checked_at"] == "L=256"
+    assert attn["gflops"] == pytest.approx(2.5 * 4 * 12 * 1024 * 1024 * 64 / 2 / attn["seconds"] / 1e9)
+    assert attn["pct_of_fma_peak"] == pytest.approx(100 * attn["gflops"] / report["fma_peak"]["gflops"])
+    assert rows[("attention_causal_bwd", "numpy")]["status"] == "skipped"
+    assert "attention_causal_bwd: max err against the oracle at L=256" in out
+    lg = rows[("linear_gelu_bwd", "cpu")]
+    assert lg["gflops"] == pytest.approx(2 * 2 * 512 * 768 * 3072 / lg["seconds"] / 1e9)
+    assert rows[("gelu_bwd", "cpu")]["gflops"] is None and rows[("gelu_bwd", "cpu")]["gbps"] > 0
+
+
+def test_attention_backward_case_checks_the_prefix_it_times():
+    """The small-L oracle check of attention_causal_bwd runs the same call on the first positions of the
+    timed inputs, and a wrong gradient there is seen (not an error measure that is always 0)."""
+    from qkv import _bench
+
+    case = _bench.AttentionBackward(np.random.default_rng(0), 64, True, "t", check_L=32)
+    expected = case.oracle()
+    impl = _bench.Impl("cpu")
+    grads = impl.to_numpy(case.build_check(impl)())
+    assert [g.shape for g in grads] == [(1, 12, 32, 64)] * 3
+    assert _bench.max_abs_err(grads, expected) < 1e-5
+    assert _bench.max_abs_err((grads[0], grads[1], 2 * grads[2]), expected) > 1e-2
+    full = impl.to_numpy(case.build(impl)())
+    assert [g.shape for g in full] == [(1, 12, 64, 64)] * 3
+    with pytest.raises(ValueError, match="gradient 1"):
+        _bench.max_abs_err((grads[0], None, grads[2]), expected)
 
 
 def test_percent_of_peak_is_of_the_fma_peak_measured_in_the_run(monkeypatch):

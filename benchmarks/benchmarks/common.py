@@ -18,7 +18,8 @@ Each benchmark module has a case class (name starting with "_", so asv ignores i
 ``make_inputs``, ``run(kind)`` (the call under test, per implementation) and ``expected(kind)``
 (the NumPy oracle). Method names carry the kind they measure: ``time_<kind>``, ``track_gflops_<kind>``,
 ``track_gbps_<kind>``, ``track_max_abs_err_<kind>`` and ``peakmem_<kind>`` call ``run(<kind>)`` and
-nothing else. tests/test_bench.py runs every method once and checks both rules, so a benchmark
+nothing else. A backward kind (``<op>_backward``) returns its tuple of gradients; its forward (for
+torch, the autograd graph) is made in setup, so the timed call is the backward alone. tests/test_bench.py runs every method once and checks both rules, so a benchmark
 that calls the wrong function fails there.
 
 qkv's ops are called with a preallocated ``out=`` where they take one (the hot-path usage; a fresh
@@ -41,11 +42,17 @@ import qkv  # imported here so that asv's forkserver loads it once, not once per
 from qkv import _bench
 from qkv._bench import attention_flops, linear_flops, max_abs_err  # noqa: F401  (re-exported)
 
+try:  # came with the backward ops; on an older qkv (asv over history) the backward benchmarks skip
+    from qkv._bench import attention_backward_flops, linear_backward_flops, torch_backward, torch_leaves  # noqa: F401
+except ImportError:
+    attention_backward_flops = linear_backward_flops = torch_backward = torch_leaves = None
+
 IMPLS = ["cpu", "numpy", "cuda", "torch"]
 XL = os.environ.get("QKV_BENCH_XL", "") == "1"
 
 # seeds per input role (append only)
 SEED_X, SEED_Q, SEED_K, SEED_V, SEED_W1, SEED_W2, SEED_B1, SEED_B2, SEED_G, SEED_IDS = range(10)
+SEED_DY = 10  # upstream gradients of the backward benchmarks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,6 +79,13 @@ def token_ids(shape, vocab, seed=SEED_IDS):
 
 def skip(reason):
     raise NotImplementedError(reason)
+
+
+def require_backward(impl, op):
+    """Skip unless this qkv has the backward ``op`` (asv runs today's suite against older builds too)."""
+    if torch_backward is None:
+        skip("this qkv predates the backward ops")
+    impl.require_op(op)
 
 
 def require_xl(condition, what):
@@ -120,7 +134,8 @@ class Benchmark:
 
 
 # ---------------------------------------------------------------------------------------------
-# work counts and timing: qkv bench's (attention_flops, linear_flops, max_abs_err, _bench.time_call;
+# work counts and timing: qkv bench's (attention_flops, linear_flops, their *_backward_flops,
+# max_abs_err, _bench.time_call;
 # not imported by that name: asv would take a module-level time_* for a benchmark)
 
 

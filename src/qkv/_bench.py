@@ -14,7 +14,10 @@ reference row (``sgemm``), since OpenBLAS may run a narrower kernel than qkv (OP
 runs AVX2 on an AVX-512 machine), and a % of it would overstate qkv. The header names the BLAS
 kernel that served each SGEMM row (threadpoolctl).
 Work counts: GEMM 2*M*K*N; attention 4*B*H*Lq*Lk*D, halved for square causal (FlashAttention's
-convention). The asv suite (benchmarks/benchmarks/common.py) imports Impl, the work counts and the
+convention). Backward cases (``*_bwd``): linear_backward is two GEMMs of the forward's size, attention
+backward 2.5x the forward (FlashAttention's count); layer norm and GELU backward are memory-bound (GB/s).
+A backward's forward (and, for torch, its autograd graph) runs outside the timed call: torch times
+``y.backward(dy, retain_graph=True)`` alone. The asv suite (benchmarks/benchmarks/common.py) imports Impl, the work counts and the
 timer from here.
 
 qkv's ops get a preallocated ``out=`` (the hot-path usage); torch allocates its outputs. A fresh
@@ -52,8 +55,30 @@ def linear_flops(M, K, N):
     return 2.0 * M * K * N
 
 
+def attention_backward_flops(B, Hq, Lq, Lk, D, causal):
+    """2.5x the forward's count (FlashAttention's: five GEMM-like products against the forward's two)."""
+    return 2.5 * attention_flops(B, Hq, Lq, Lk, D, causal)
+
+
+def linear_backward_flops(M, K, N):
+    """dx = g @ W.T and dW = x.T @ g: two GEMMs of the forward's size (the bias and activation terms are O(M*N))."""
+    return 2 * linear_flops(M, K, N)
+
+
 def max_abs_err(actual, expected):
-    """max |actual - expected|, computed in float64."""
+    """max |actual - expected|, computed in float64. A backward's tuple of gradients is compared
+    element by element and the largest error counts (None, a gradient not asked for, must match None)."""
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(actual, (tuple, list)) or len(actual) != len(expected):
+            raise ValueError(f"max_abs_err: expected {len(expected)} gradients, got {type(actual).__name__}")
+        errs = []
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            if (a is None) != (e is None):
+                raise ValueError(f"max_abs_err: gradient {i} is {'None' if a is None else 'an array'}, expected "
+                                 f"{'None' if e is None else 'an array'}")
+            if e is not None:
+                errs.append(max_abs_err(a, e))
+        return max(errs, default=0.0)
     return float(np.max(np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64))))
 
 
@@ -123,6 +148,8 @@ class Impl:
         return self.xp.empty(shape, dtype=self.dtype)
 
     def to_numpy(self, a):
+        if isinstance(a, (tuple, list)):  # a backward's gradients
+            return tuple(None if g is None else self.to_numpy(g) for g in a)
         if self.is_torch:
             return a.detach().numpy()
         if self.name == "cuda":
@@ -154,16 +181,23 @@ class Case:
     name = shape = op = ""
     flops = 0.0  # useful floating-point work per call (0: memory-bound, report GB/s)
     nbytes = 0.0  # bytes that must move per call
+    check_shape = None  # where the reference is too slow at ``shape``: the smaller shape the oracle checks
+    not_timed = {}  # {implementation: why this case does not time it}
 
     def build(self, impl):
         """A zero-argument callable that runs the case once on impl and returns the output."""
         raise NotImplementedError
 
+    def build_check(self, impl):
+        """The callable whose output is compared with oracle(), at ``check_shape`` (set it and override)."""
+        raise NotImplementedError
+
     def oracle(self):
         import qkv
 
+        build = self.build if self.check_shape is None else self.build_check
         with qkv.use_backend("numpy"):
-            return self.build(Impl("numpy"))()  # a fresh output: build() gives each implementation its own
+            return build(Impl("numpy"))()  # a fresh output: build() gives each implementation its own
 
 
 class SoftmaxMasked(Case):
@@ -220,6 +254,103 @@ class LinearGELU(Case):
         return lambda: impl.ops.linear(x, w, b, activation="gelu_tanh", out=out)
 
 
+def torch_leaves(arrays):
+    """The tensors, set to collect gradients (impl.asarray gives each caller its own copy)."""
+    return [a.requires_grad_() for a in arrays]
+
+
+def torch_backward(y, dy, leaves):
+    """The timed torch call of a backward case (qkv bench's and asv's): ``y.backward(dy)`` on the graph
+    built outside it, returning the leaves' gradients (cleared first: autograd accumulates)."""
+
+    def fn():
+        for t in leaves:
+            t.grad = None
+        y.backward(dy, retain_graph=True)
+        return tuple(t.grad for t in leaves)
+
+    return fn
+
+
+class LayerNormBackward(LayerNorm):
+    """layer_norm_backward with the forward's mean and rstd: reads dy and x, writes dx (and the (C,)
+    dweight, dbias)."""
+
+    name, shape, op = "layer_norm_bwd", "[512, 768]", "layer_norm_backward"
+
+    def __init__(self, rng):
+        super().__init__(rng)
+        self.dy = _rand(rng, (512, 768))
+        self.nbytes = 3 * self.x.nbytes
+
+    def build(self, impl):
+        x, w, b, dy = (impl.asarray(a) for a in (self.x, self.w, self.b, self.dy))
+        if impl.is_torch:
+            torch = impl.ops
+            leaves = torch_leaves((x, w, b))
+            with torch.enable_grad():
+                y = torch.nn.functional.layer_norm(x, (768,), w, b, eps=1e-5)
+            return torch_backward(y, dy, leaves)
+        _, mean, rstd = impl.ops.layer_norm(x, w, b, eps=1e-5, return_stats=True)
+        return lambda: impl.ops.layer_norm_backward(dy, x, w, b, eps=1e-5, mean=mean, rstd=rstd)
+
+
+class GELUBackward(Case):
+    """gelu_backward (tanh form) over GPT-2 small's MLP activations: reads dy and x, writes dx."""
+
+    name, shape, op = "gelu_bwd", "[512, 3072]", "gelu_backward"
+
+    def __init__(self, rng):
+        self.x, self.dy = _rand(rng, (512, 3072), 2.0), _rand(rng, (512, 3072))
+        self.nbytes = 3 * self.x.nbytes
+
+    def build(self, impl):
+        x, dy = impl.asarray(self.x), impl.asarray(self.dy)
+        if impl.is_torch:
+            torch = impl.ops
+            leaves = torch_leaves((x,))
+            with torch.enable_grad():
+                y = torch.nn.functional.gelu(x, approximate="tanh")
+            grads = torch_backward(y, dy, leaves)
+            return lambda: grads()[0]  # dx, as qkv returns it
+        return lambda: impl.ops.gelu_backward(dy, x, approximate="tanh")
+
+
+class LinearGELUBackward(LinearGELU):
+    """linear_backward through the GELU: g = dy * gelu'(preact) and db in one pass, then dx and dW, two
+    GEMMs of the forward's size. dW comes back (in, out), torch's transposed to match."""
+
+    name, shape, op = "linear_gelu_bwd", "[512, 768] x [768, 3072]", "linear_backward"
+    flops = linear_backward_flops(512, 768, 3072)
+
+    def __init__(self, rng):
+        super().__init__(rng)
+        self.dy = _rand(rng, (512, 3072))
+        # read dy, preact, x, W; write dx, dW
+        self.nbytes = 2 * (self.dy.nbytes + self.x.nbytes + self.w.nbytes)
+
+    def build(self, impl):
+        x, w, b, dy = (impl.asarray(a) for a in (self.x, self.w, self.b, self.dy))
+        if impl.is_torch:
+            torch = impl.ops
+            fc = torch.nn.Linear(768, 3072)
+            with torch.no_grad():
+                fc.weight.copy_(w.T)
+                fc.bias.copy_(b)
+            (x,) = torch_leaves((x,))
+            with torch.enable_grad():
+                y = torch.nn.functional.gelu(fc(x), approximate="tanh")
+            grads = torch_backward(y, dy, [x, fc.weight, fc.bias])
+
+            def fn():
+                dx, dwt, db = grads()
+                return dx, dwt.T, db  # torch's weight is (out, in)
+
+            return fn
+        _, preact = impl.ops.linear(x, w, b, activation="gelu_tanh", return_preact=True)
+        return lambda: impl.ops.linear_backward(dy, x, w, b, activation="gelu_tanh", preact=preact)
+
+
 class Attention(Case):
     op = "attention"
 
@@ -242,6 +373,41 @@ class Attention(Case):
         out = impl.empty(q.shape)
         causal = self.causal
         return lambda: impl.ops.attention(q, k, v, causal=causal, out=out)
+
+
+class AttentionBackward(Case):
+    """attention_backward from the forward's out and lse (made outside the timed call, by each
+    implementation's own forward). The float64 reference materialises several (H, L, L) arrays and
+    takes seconds a call at L = 1024: it is not timed, and the oracle checks every implementation at
+    L = check_L on the first check_L positions of the same inputs (causal: that prefix is itself a
+    causal attention)."""
+
+    op = "attention_backward"
+
+    def __init__(self, rng, L, causal, name, H=12, D=64, check_L=256):
+        self.name, self.causal, self.L, self.check_L = name, causal, L, min(check_L, L)
+        self.shape, self.check_shape = f"B=1 H={H} L={L} D={D}", f"L={self.check_L}"
+        self.not_timed = {"numpy": f"not timed (seconds a call at this L); the oracle at L={self.check_L}"}
+        # dout, q, k, v (B, H, L, D)
+        self.dout, self.q, self.k, self.v = (_rand(rng, (1, H, L, D)) for _ in range(4))
+        self.flops = attention_backward_flops(1, H, L, L, D, causal)
+        self.nbytes = 8 * self.q.nbytes  # read q, k, v, out, dout; write dq, dk, dv
+
+    def build(self, impl, L=None):
+        L = self.L if L is None else L
+        dout, q, k, v = (impl.asarray(a[:, :, :L]) for a in (self.dout, self.q, self.k, self.v))
+        causal = self.causal
+        if impl.is_torch:
+            torch = impl.ops
+            leaves = torch_leaves((q, k, v))
+            with torch.enable_grad():  # is_causal is top-left: ours for Lq == Lk
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            return torch_backward(out, dout, leaves)
+        out, lse = impl.ops.attention(q, k, v, causal=causal, return_lse=True)
+        return lambda: impl.ops.attention_backward(dout, q, k, v, out, lse, causal=causal)
+
+    def build_check(self, impl):
+        return self.build(impl, self.check_L)
 
 
 class Decode(Attention):
@@ -280,7 +446,7 @@ class SGEMM(Case):
 
 def headline_cases(seed=0, gemm_n=2048):
     rng = np.random.default_rng(seed)
-    return [
+    forward = [
         SoftmaxMasked(rng),
         LayerNorm(rng),
         LinearGELU(rng),
@@ -289,9 +455,20 @@ def headline_cases(seed=0, gemm_n=2048):
         Decode(rng),
         SGEMM(rng, gemm_n),
     ]
+    rng = np.random.default_rng([seed, 1])  # the backward cases' own stream: the forward inputs stay as they were
+    backward = [
+        LayerNormBackward(rng),
+        GELUBackward(rng),
+        LinearGELUBackward(rng),
+        AttentionBackward(rng, 1024, True, "attention_causal_bwd"),
+    ]
+    by_name = {c.name: c for c in forward + backward}
+    return [by_name[n] for n in CASE_NAMES]
 
 
-CASE_NAMES = ("softmax_masked", "layer_norm", "linear_gelu", "attention", "attention_causal", "decode", "sgemm")
+# the table's order: each backward after its forward
+CASE_NAMES = ("softmax_masked", "layer_norm", "layer_norm_bwd", "gelu_bwd", "linear_gelu", "linear_gelu_bwd",
+              "attention", "attention_causal", "attention_causal_bwd", "decode", "sgemm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,16 +624,23 @@ def run(quick=False, cases=None, impls=IMPLS):
 
 def _measure(case, impl, name, expected, budget, min_calls):
     row = {"case": case.name, "shape": case.shape, "backend": name, "dtype": "float32"}
+    if case.check_shape is not None:
+        row["checked_at"] = case.check_shape  # max_abs_err is measured there, not at ``shape``
     if isinstance(impl, Unavailable):
         return {**row, "status": "skipped", "reason": str(impl)}
+    if name in case.not_timed:
+        return {**row, "status": "skipped", "reason": case.not_timed[name]}
     try:
         impl.require_op(case.op)
     except Unavailable as exc:
         return {**row, "status": "skipped", "reason": str(exc)}
     try:
         with impl.context():
+            if case.check_shape is not None:
+                row["max_abs_err"] = max_abs_err(impl.to_numpy(case.build_check(impl)()), expected)
             fn = case.build(impl)
-            row["max_abs_err"] = max_abs_err(impl.to_numpy(fn()), expected)
+            if case.check_shape is None:
+                row["max_abs_err"] = max_abs_err(impl.to_numpy(fn()), expected)
             row["seconds"] = time_call(fn, impl.sync, budget, min_calls)
         row["status"] = "ok"
     except Exception as exc:  # one broken case must not hide the others; run() reports it
@@ -509,7 +693,7 @@ def header_lines(report):
 
 def format_table(report):
     lines = header_lines(report) + [""]
-    head = (f"{'case':<17} {'shape':<26} {'backend':<7} {'time':>9} {'GFLOP/s':>8} {'GB/s':>7} {'% FMA':>6} "
+    head = (f"{'case':<20} {'shape':<26} {'backend':<7} {'time':>9} {'GFLOP/s':>8} {'GB/s':>7} {'% FMA':>6} "
             f"{'vs NumPy':>9} {'vs torch':>9} {'max err':>8}")
     lines.append(head)
     lines.append("-" * len(head))
@@ -518,10 +702,10 @@ def format_table(report):
         if r["backend"] in absent:
             continue
         if r["status"] != "ok":
-            lines.append(f"{r['case']:<17} {r['shape']:<26} {r['backend']:<7} {r['status']}: {r['reason'][:70]}")
+            lines.append(f"{r['case']:<20} {r['shape']:<26} {r['backend']:<7} {r['status']}: {r['reason'][:70]}")
             continue
         lines.append(
-            f"{r['case']:<17} {r['shape']:<26} {r['backend']:<7} {_fmt_time(r['seconds']):>9} "
+            f"{r['case']:<20} {r['shape']:<26} {r['backend']:<7} {_fmt_time(r['seconds']):>9} "
             f"{_fmt(r['gflops'], '.1f'):>8} {_fmt(r['gbps'], '.1f'):>7} {_fmt(r['pct_of_fma_peak'], '.0f', '%'):>6} "
             f"{_fmt(r['speedup_vs_numpy'], '.2f', 'x'):>9} {_fmt(r['speedup_vs_torch'], '.2f', 'x'):>9} "
             f"{r['max_abs_err']:>8.1e}"
@@ -534,7 +718,11 @@ def format_table(report):
                      f"cores (re-run on a quiet machine), or that row runs a wider SIMD level than qkv's {p['simd']} "
                      "(QKV_SIMD caps qkv, not torch or the BLAS)")
     lines.append("")
-    lines.append(f"GFLOP/s: GEMM 2*M*K*N, attention 4*B*H*Lq*Lk*D (halved for causal); % FMA: of the {p['threads']}-"
-                 f"thread FMA peak above. sgemm: the BLAS reference (numpy: NumPy's matmul; cpu: qkv.linear, "
-                 "SciPy's BLAS). vs X: X's time / this time.")
+    lines.append(f"GFLOP/s: GEMM 2*M*K*N, attention 4*B*H*Lq*Lk*D (halved for causal); backward (_bwd): linear "
+                 f"2 GEMMs, attention 2.5x the forward, torch timing y.backward(dy) alone; % FMA: of the "
+                 f"{p['threads']}-thread FMA peak above. sgemm: the BLAS reference (numpy: NumPy's matmul; cpu: "
+                 "qkv.linear, SciPy's BLAS). vs X: X's time / this time.")
+    checked = {r["case"]: r["checked_at"] for r in report["results"] if r.get("checked_at")}
+    for case, where in checked.items():
+        lines.append(f"{case}: max err against the oracle at {where} (the reference is too slow at the timed size)")
     return "\n".join(lines)
