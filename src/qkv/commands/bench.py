@@ -1,7 +1,8 @@
 """``qkv bench``: where qkv stands on this machine, without asv.
 
 Runs the headline shapes (masked softmax, layer norm, linear+GELU, attention causal and not,
-one-query decode, and an SGEMM as the BLAS reference) on every implementation that can run here and
+one-query decode, the backward of layer norm, GELU, linear+GELU and causal attention, and an SGEMM
+as the BLAS reference) on every implementation that can run here and
 prints time, GFLOP/s or GB/s, % of this machine's FMA peak at qkv's SIMD level (measured in the same
 run), speed-ups against the NumPy reference and torch, and the BLAS kernel that ran. The measuring
 lives in qkv._bench.
