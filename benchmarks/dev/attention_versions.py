@@ -58,6 +58,7 @@ import _build  # noqa: E402
 
 from qkv import _reference as ref  # noqa: E402
 from qkv._bench import fma_peak  # noqa: E402
+from qkv._cpu._runtime import SIMD_NAMES, cpu_simd_level  # noqa: E402
 
 H, D = 12, 64
 PATH = {"plain": 1, "tiled": 2, "split-k": 3}
@@ -126,6 +127,11 @@ def main(argv=None):
     _build.add_timing_args(ap)
     args = ap.parse_args(argv)
     clock = _build.timing_clock(args)
+    for table in (VERSIONS, DECODE):  # an ISA this CPU lacks would be an illegal instruction: skip, say so
+        for name, (desc, _, _, simd) in list(table.items()):
+            if SIMD[simd] > cpu_simd_level():
+                print(f"skipped {name} ({desc}): needs {simd}, this CPU has {SIMD_NAMES[cpu_simd_level()]}")
+                del table[name]
     fns = {name: build(defs) for name, (_, defs, _, _) in {**VERSIONS, **DECODE}.items()}
     peak = fma_peak(args.threads, 0.1)["gflops"]
     print(f"FMA peak, {args.threads} threads: {peak:.0f} GFLOP/s")
