@@ -291,7 +291,8 @@ class LinearBackward(_ActivationBackwardCase):
         self.impl.sync()
 
     def track_gflops_linear_gelu_backward(self, T, dtype, backend):
-        return gflops(linear_backward_flops(T, C, H), best_time(lambda: self.run("linear_gelu_backward"), self.impl.sync))
+        t = best_time(lambda: self.run("linear_gelu_backward"), self.impl.sync)
+        return gflops(linear_backward_flops(T, C, H), t)
 
     track_gflops_linear_gelu_backward.unit = "GFLOP/s"
 

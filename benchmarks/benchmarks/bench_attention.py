@@ -249,7 +249,8 @@ class AttentionBackward(_AttentionBackwardCase):
         self.impl.sync()
 
     def track_gflops_attention_backward(self, L, D, dtype, backend):
-        return gflops(self.flops("attention_backward"), best_time(lambda: self.run("attention_backward"), self.impl.sync))
+        t = best_time(lambda: self.run("attention_backward"), self.impl.sync)
+        return gflops(self.flops("attention_backward"), t)
 
     def track_gflops_attention_causal_backward(self, L, D, dtype, backend):
         return gflops(self.flops("attention_causal_backward"),

@@ -17,8 +17,8 @@ Work counts: GEMM 2*M*K*N; attention 4*B*H*Lq*Lk*D, halved for square causal (Fl
 convention). Backward cases (``*_bwd``): linear_backward is two GEMMs of the forward's size, attention
 backward 2.5x the forward (FlashAttention's count); layer norm and GELU backward are memory-bound (GB/s).
 A backward's forward (and, for torch, its autograd graph) runs outside the timed call: torch times
-``y.backward(dy, retain_graph=True)`` alone. The asv suite (benchmarks/benchmarks/common.py) imports Impl, the work counts and the
-timer from here.
+``y.backward(dy, retain_graph=True)`` alone. The asv suite (benchmarks/benchmarks/common.py) imports
+Impl, the work counts, the torch backward call and the timer from here.
 
 qkv's ops get a preallocated ``out=`` (the hot-path usage); torch allocates its outputs. A fresh
 large output costs page faults on every call, so the allocator setting is reported too.
