@@ -12,7 +12,7 @@ asv check --python=same
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-asv run --python=same --quick --dry-run --show-stderr --bench 'LayerNorm|SoftmaxAccuracy' > "$log" 2>&1
+asv run --python=same --quick --dry-run --show-stderr --bench '\.LayerNorm(Accuracy)?\.|LayerNormBackward\.time_|SoftmaxAccuracy' > "$log" 2>&1
 status=$?
 set -e
 cat "$log"
@@ -21,7 +21,7 @@ if [ "$status" -ne 0 ]; then
     exit "$status"
 fi
 # a regex that matches nothing would pass silently: insist the smoke set really ran
-for name in time_layer_norm track_gbps_layer_norm track_max_abs_err_layer_norm \
+for name in time_layer_norm track_gbps_layer_norm track_max_abs_err_layer_norm time_layer_norm_backward \
             track_max_abs_err_softmax_causal track_max_abs_err_softmax_mask; do
     grep -q "$name" "$log" || { echo "asv smoke run did not run $name" >&2; exit 1; }
 done
