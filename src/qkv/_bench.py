@@ -175,6 +175,15 @@ def _rand(rng, shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+def _torch_linear(torch, w, b):
+    """A torch.nn.Linear holding w (in, out) and b: what torch users run for qkv.linear."""
+    fc = torch.nn.Linear(*w.shape)
+    with torch.no_grad():
+        fc.weight.copy_(w.T)
+        fc.bias.copy_(b)
+    return fc
+
+
 class Case:
     """One headline shape: inputs, the work it does, and how each implementation runs it."""
 
@@ -245,10 +254,7 @@ class LinearGELU(Case):
         x, w, b = (impl.asarray(a) for a in (self.x, self.w, self.b))
         if impl.is_torch:
             torch = impl.ops
-            fc = torch.nn.Linear(768, 3072)
-            with torch.no_grad():
-                fc.weight.copy_(w.T)
-                fc.bias.copy_(b)
+            fc = _torch_linear(torch, w, b)
             return lambda: torch.nn.functional.gelu(fc(x), approximate="tanh")
         out = impl.empty((512, 3072))
         return lambda: impl.ops.linear(x, w, b, activation="gelu_tanh", out=out)
@@ -333,10 +339,7 @@ class LinearGELUBackward(LinearGELU):
         x, w, b, dy = (impl.asarray(a) for a in (self.x, self.w, self.b, self.dy))
         if impl.is_torch:
             torch = impl.ops
-            fc = torch.nn.Linear(768, 3072)
-            with torch.no_grad():
-                fc.weight.copy_(w.T)
-                fc.bias.copy_(b)
+            fc = _torch_linear(torch, w, b)
             (x,) = torch_leaves((x,))
             with torch.enable_grad():
                 y = torch.nn.functional.gelu(fc(x), approximate="tanh")

@@ -161,15 +161,8 @@ def softmax(x, axis=-1, *, mask=None, causal=False, scale=1.0, out=None):
     return y
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
-    """Layer norm over the last axis: ``(x - mean) / sqrt(var + eps) * weight + bias``.
-
-    x is (..., C); weight and bias are (C,) or None; the variance is the biased one.
-    ``return_stats=True`` returns ``(y, mean, rstd)`` with mean and rstd = 1/sqrt(var + eps) of
-    shape x.shape[:-1] (float64 for float64 x, else float32), what layer_norm_backward reuses.
-    """
-    op = "layer_norm"
-    be = _backend.select(op, {"x": x, "weight": weight, "bias": bias, "out": out})
+def _check_layer_norm_args(op, be, x, weight, bias, eps):
+    """x (..., C) floating and non-empty, weight/bias (C,) or None of x's dtype, eps >= 0 -> eps."""
     _check_float(op, "x", x, be)
     if x.ndim == 0:
         raise ValueError(f"{op}: x must have at least 1 dimension, got a scalar")
@@ -182,6 +175,19 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=Fa
     eps = _check_scalar(op, "eps", eps)
     if eps < 0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+    return eps
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
+    """Layer norm over the last axis: ``(x - mean) / sqrt(var + eps) * weight + bias``.
+
+    x is (..., C); weight and bias are (C,) or None; the variance is the biased one.
+    ``return_stats=True`` returns ``(y, mean, rstd)`` with mean and rstd = 1/sqrt(var + eps) of
+    shape x.shape[:-1] (float64 for float64 x, else float32), what layer_norm_backward reuses.
+    """
+    op = "layer_norm"
+    be = _backend.select(op, {"x": x, "weight": weight, "bias": bias, "out": out})
+    eps = _check_layer_norm_args(op, be, x, weight, bias, eps)
     out = _check_out(op, out, x.shape, x.dtype, {"x": x, "weight": weight, "bias": bias})
     if return_stats:
         return be.layer_norm(x, weight, bias, eps, out=out, return_stats=True)
@@ -361,19 +367,8 @@ def layer_norm_backward(dy, x, weight=None, bias=None, eps=1e-5, *, mean=None, r
     """
     op = "layer_norm_backward"
     be = _backend.select(op, {"dy": dy, "x": x, "weight": weight, "bias": bias, "mean": mean, "rstd": rstd})
-    _check_float(op, "x", x, be)
-    if x.ndim == 0:
-        raise ValueError(f"{op}: x must have at least 1 dimension, got a scalar")
-    _check_nonempty(op, "x", x)
+    eps = _check_layer_norm_args(op, be, x, weight, bias, eps)
     _check_like(op, "dy", dy, "x", x)
-    C = x.shape[-1]
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and _shape(p) != (C,):
-            raise ValueError(f"{op}: {name} must have shape ({C},) to match x of shape {_shape(x)}, got {_shape(p)}")
-    _check_same_dtype(op, "x", x, {"weight": weight, "bias": bias})
-    eps = _check_scalar(op, "eps", eps)
-    if eps < 0:
-        raise ValueError(f"{op}: eps must be >= 0, got {eps}")
     if (mean is None) != (rstd is None):
         raise ValueError(f"{op}: pass both mean and rstd (from layer_norm(..., return_stats=True)) or neither")
     if mean is not None:
