@@ -103,3 +103,21 @@ class Encoder(Module):
                 pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
             out[idx] = pooled
         return out
+
+    def embed_corpus(self, texts, out, batch_size=32, **options):
+        """Embed a corpus into the folder `out` (streaming, resumable; see qkv.corpus): `texts` is an
+        iterable of strings (kept in out/input.jsonl) or a pathlib.Path to a text or JSON Lines file
+        (options: field, skip_empty, errors, chunk_rows, overwrite). Returns out/embeddings.npy as a
+        read-only memory map (N, C): row i = item i, L2-normalised."""
+        import os
+
+        from qkv import corpus
+
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("embed_corpus: texts must be an iterable of strings or a pathlib.Path to a file, "
+                            "not a single str (use embed for a few texts)")
+        if not isinstance(texts, os.PathLike):
+            texts = corpus.spill(texts, out, overwrite=options.get("overwrite", False))
+            options = dict(options, field="text")
+        corpus.embed_corpus(self, texts, out, batch_size=batch_size, **options)
+        return np.load(os.path.join(out, "embeddings.npy"), mmap_mode="r")
