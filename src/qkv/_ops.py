@@ -209,8 +209,10 @@ def gelu(x, approximate="tanh", *, out=None):
 def linear(x, weight, bias=None, activation=None, *, out=None, return_preact=False):
     """``activation(x @ weight + bias)`` with ``weight`` of shape (in, out).
 
-    x is (..., in); bias is (out,) or None; activation is None, "gelu_tanh", "gelu" (erf) or
-    "relu". The bias and activation run in the GEMM's epilogue. ``weight`` may be any
+    x is (..., in); bias is (out,) or None; activation is None, "gelu_tanh", "gelu" (erf),
+    "relu" or "swiglu": then weight's columns are [gate | up] (out = 2 * inner) and the result is
+    silu(gate) * up, (..., inner), the Llama MLP's first half with its (rows, 2 * inner)
+    intermediate read once. The bias and activation run in the GEMM's epilogue. ``weight`` may be any
     row- or column-contiguous (in, out) array, e.g. ``W.T`` of a PyTorch (out, in) weight, at no copy.
     ``return_preact=True`` returns ``(y, preact)``, preact = x @ weight + bias (what
     linear_backward needs for the activation's derivative); without an activation it is y itself.
@@ -232,9 +234,10 @@ def linear(x, weight, bias=None, activation=None, *, out=None, return_preact=Fal
     _check_same_dtype(op, "x", x, {"weight": weight, "bias": bias})
     _check_nonempty(op, "x", x)
     _check_nonempty(op, "weight", weight)
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"{op}: activation must be one of {_ACTIVATIONS}, got {activation!r}")
-    out = _check_out(op, out, x.shape[:-1] + (weight.shape[1],), x.dtype, {"x": x, "weight": weight, "bias": bias})
+    if activation not in _ACTIVATIONS + ("swiglu",):
+        raise ValueError(f"{op}: activation must be one of {_ACTIVATIONS + ('swiglu',)}, got {activation!r}")
+    n_out = _linear_out_features(op, weight, activation)
+    out = _check_out(op, out, x.shape[:-1] + (n_out,), x.dtype, {"x": x, "weight": weight, "bias": bias})
     if return_preact:
         return be.linear(x, weight, bias, activation, out=out, return_preact=True)
     return be.linear(x, weight, bias, activation, out=out)
@@ -547,3 +550,154 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, mask=None, kv_l
     if lse.dtype != sd:
         lse = lse.astype(sd)
     return be.attention_backward(dout, q, k, v, out, lse, scale, causal=causal, mask=mask, kv_lengths=kv_lengths)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Llama-family ops: RMSNorm, rotary position embeddings (RoPE), SwiGLU, and their backward
+
+
+def _linear_out_features(op, weight, activation):
+    """linear's output width: weight's columns, or half of them for "swiglu" ([gate | up])."""
+    n = weight.shape[1]
+    if activation != "swiglu":
+        return n
+    if n % 2:
+        raise ValueError(f"{op}: activation 'swiglu' needs weight (in, 2 * inner) with [gate | up] columns, got "
+                         f"shape {_shape(weight)} (an odd column count)")
+    return n // 2
+
+
+def _check_rms_norm_args(op, be, x, weight, eps):
+    """x (..., C) floating and non-empty, weight (C,) or None of x's dtype, eps >= 0 -> eps."""
+    _check_float(op, "x", x, be)
+    if x.ndim == 0:
+        raise ValueError(f"{op}: x must have at least 1 dimension, got a scalar")
+    _check_nonempty(op, "x", x)
+    C = x.shape[-1]
+    if weight is not None and _shape(weight) != (C,):
+        raise ValueError(f"{op}: weight must have shape ({C},) to match x of shape {_shape(x)}, got {_shape(weight)}")
+    _check_same_dtype(op, "x", x, {"weight": weight})
+    eps = _check_scalar(op, "eps", eps)
+    if eps < 0:
+        raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+    return eps
+
+
+def rms_norm(x, weight, eps=1e-6, *, out=None, return_stats=False):
+    """RMSNorm over the last axis: ``x / sqrt(mean(x^2) + eps) * weight`` (Llama, Qwen, Mistral).
+
+    x is (..., C); weight (C,) or None. ``return_stats=True`` returns ``(y, rstd)``, rstd =
+    1/sqrt(mean(x^2) + eps) of shape x.shape[:-1] (float64 for float64 x, else float32), what
+    rms_norm_backward reuses. Statistics accumulate in float32 or better whatever x's dtype.
+    """
+    op = "rms_norm"
+    be = _backend.select(op, {"x": x, "weight": weight, "out": out})
+    eps = _check_rms_norm_args(op, be, x, weight, eps)
+    out = _check_out(op, out, x.shape, x.dtype, {"x": x, "weight": weight})
+    if return_stats:
+        return be.rms_norm(x, weight, eps, out=out, return_stats=True)
+    return be.rms_norm(x, weight, eps, out=out)
+
+
+def rms_norm_backward(dy, x, weight, rstd=None, *, eps=1e-6):
+    """Gradients of :func:`rms_norm`: ``(dx, dweight)``.
+
+    dy and x are (..., C), weight (C,) or None as given to the forward (dweight is None then).
+    rstd is ``rms_norm(..., return_stats=True)``'s; without it it is recomputed from x and eps.
+    dweight sums over rows in a fixed order: the same bits whatever the thread count.
+    """
+    op = "rms_norm_backward"
+    be = _backend.select(op, {"dy": dy, "x": x, "weight": weight, "rstd": rstd})
+    eps = _check_rms_norm_args(op, be, x, weight, eps)
+    _check_like(op, "dy", dy, "x", x)
+    if rstd is not None:
+        if _backend.array_kind(rstd) is None:
+            raise TypeError(f"{op}: rstd must be an array, got {type(rstd).__name__}")
+        if rstd.dtype.kind != "f" or _shape(rstd) != _shape(x)[:-1]:
+            raise ValueError(f"{op}: rstd must be a float array of shape {_shape(x)[:-1]} for x of shape "
+                             f"{_shape(x)}, got {_shape(rstd)} {rstd.dtype}")
+        sd = _stats_dtype(x.dtype)
+        if rstd.dtype != sd:
+            rstd = rstd.astype(sd)
+    return be.rms_norm_backward(dy, x, weight, rstd, eps)
+
+
+def _check_rope_args(op, be, x, name, positions, theta, scaling):
+    """x (B, L, H, D) floating, D even; positions int (B, L) or (L,); theta > 0; scaling a
+    rope_scaling dict or None -> the inverse frequencies (D/2,) float64 (qkv._rope.inv_freq)."""
+    from qkv import _rope
+
+    if _backend.array_kind(x) is None:
+        raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{op}: {name} must be 4-D (B, L, H, D), got shape {_shape(x)}")
+    _check_float(op, name, x, be)
+    _check_nonempty(op, name, x)
+    B, L, _, D = x.shape
+    if D % 2:
+        raise ValueError(f"{op}: the head dim D of {name} {_shape(x)} must be even (rotate-half pairs i, i + D/2)")
+    if _backend.array_kind(positions) is None:
+        raise TypeError(f"{op}: positions must be an integer array of shape ({B}, {L}) or ({L},), got "
+                        f"{type(positions).__name__}")
+    if positions.dtype.kind not in "iu":
+        raise TypeError(f"{op}: positions must be integers, got dtype {positions.dtype}")
+    if _shape(positions) not in ((B, L), (L,)):
+        raise ValueError(f"{op}: positions must have shape ({B}, {L}) or ({L},) for {name} of shape {_shape(x)} "
+                         f"(B, L, H, D), got {_shape(positions)}")
+    theta = _check_scalar(op, "theta", theta, positive=True)
+    return _rope.inv_freq(D, theta, _rope.check_scaling(op, scaling))
+
+
+def rope(x, positions, *, theta=10000.0, scaling=None, out=None):
+    """Rotary position embeddings, Hugging Face Llama's rotate-half convention.
+
+    x (B, L, H, D) (a view whose last axis is contiguous, e.g. q sliced from a fused qkv
+    projection, is read without a copy); positions (B, L) or (L,) integers, one per row so padded
+    batches and KV-cache decoding work. For i < D/2, with a = positions * inv_freq[i]:
+    ``out[i] = x[i] cos a - x[i + D/2] sin a``, ``out[i + D/2] = x[i + D/2] cos a + x[i] sin a``,
+    inv_freq[i] = theta^(-2i/D), or Llama 3's scaled frequencies when ``scaling`` is a rope_scaling
+    dict with ``rope_type: "llama3"`` (see qkv._rope). ``out=x`` rotates in place.
+    """
+    op = "rope"
+    be = _backend.select(op, {"x": x, "positions": positions, "out": out})
+    inv_freq = _check_rope_args(op, be, x, "x", positions, theta, scaling)
+    if out is not None and out is not x:
+        out = _check_out(op, out, x.shape, x.dtype, {"x": x, "positions": positions})
+    return be.rope(x, positions, inv_freq, out=out)
+
+
+def rope_backward(dy, positions, *, theta=10000.0, scaling=None):
+    """Gradient of :func:`rope`: dy rotated by the negative angles (the rotation's transpose)."""
+    op = "rope_backward"
+    be = _backend.select(op, {"dy": dy, "positions": positions})
+    inv_freq = _check_rope_args(op, be, dy, "dy", positions, theta, scaling)
+    return be.rope(dy, positions, inv_freq, inverse=True)
+
+
+def _check_swiglu_args(op, be, gate, up):
+    _check_float(op, "gate", gate, be)
+    _check_nonempty(op, "gate", gate)
+    _check_like(op, "up", up, "gate", gate)
+
+
+def swiglu(gate, up, *, out=None):
+    """``silu(gate) * up``, silu(g) = g * sigmoid(g): the gated MLP of Llama, Qwen and Mistral.
+
+    gate and up have the same shape and dtype. For the fused projection see
+    ``linear(x, W, b, activation="swiglu")``.
+    """
+    op = "swiglu"
+    be = _backend.select(op, {"gate": gate, "up": up, "out": out})
+    _check_swiglu_args(op, be, gate, up)
+    out = _check_out(op, out, gate.shape, gate.dtype, {"gate": gate, "up": up})
+    return be.swiglu(gate, up, out=out)
+
+
+def swiglu_backward(dy, gate, up):
+    """Gradients of :func:`swiglu`: ``(dgate, dup)`` = (dy * up * silu'(gate), dy * silu(gate))."""
+    op = "swiglu_backward"
+    be = _backend.select(op, {"dy": dy, "gate": gate, "up": up})
+    _check_swiglu_args(op, be, gate, up)
+    _check_like(op, "dy", dy, "gate", gate)
+    return be.swiglu_backward(dy, gate, up)

@@ -148,6 +148,9 @@ def _activate(y, activation):
         return _gelu64(y, "none")
     if activation == "relu":
         return np.where(y > 0, y, np.where(np.isnan(y), y, 0.0))
+    if activation == "swiglu":  # y's columns are [gate | up]
+        g, u = np.split(y, 2, axis=-1)
+        return g * special.expit(g) * u
     raise ValueError(f"unknown activation {activation!r}")
 
 
@@ -415,3 +418,91 @@ def adamw(p, g, m, v, beta1, beta2, eps, step_size, bc2_sqrt, decay):
     m[...] = m64
     v[...] = v64
     p[...] = p64
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Llama-family ops: RMSNorm, rotary position embeddings, SwiGLU (and their backward)
+#
+# - rms_norm: y = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps) over the last axis;
+#   backward dx = rstd (g - xhat mean(g xhat)), g = dy * weight, xhat = x rstd; dweight = sum over
+#   rows of dy * xhat. Saved rstd, when given, is used as it is.
+# - rope: Hugging Face Llama's rotate-half rotation of x (B, L, H, D) by angle p * inv_freq[i]
+#   (inv_freq from qkv._rope.inv_freq, float64); inverse=True rotates by the negative angle, which
+#   is the backward (a rotation's transpose is its inverse).
+# - swiglu: silu(gate) * up, silu(g) = g sigmoid(g); dgate = dy up silu'(g), dup = dy silu(g),
+#   silu'(g) = s (1 + g (1 - s)), s = sigmoid(g); g clipped to +-1e4 in g (1 - s), where that term
+#   is exactly 0, so that inf * 0 never makes a NaN.
+
+
+@_quiet
+def rms_norm(x, weight=None, eps=1e-6, out=None, return_stats=False):
+    """x * rstd * weight over the last axis, rstd = 1 / sqrt(mean(x^2) + eps).
+
+    return_stats: also return rstd, x.shape[:-1] (stats_dtype)."""
+    x64 = x.astype(np.float64)
+    rstd = 1.0 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps)
+    y = x64 * rstd
+    if weight is not None:
+        y = y * weight.astype(np.float64)
+    y = _emit(y, x.dtype, out)
+    return (y, rstd[..., 0].astype(stats_dtype(x.dtype))) if return_stats else y
+
+
+@_quiet
+def rms_norm_backward(dy, x, weight=None, rstd=None, eps=1e-6):
+    """(dx, dweight or None) of rms_norm; rstd (x.shape[:-1]) or recomputed from x and eps."""
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    C = x.shape[-1]
+    if rstd is None:
+        r64 = 1.0 / np.sqrt((x64 * x64).mean(axis=-1, keepdims=True) + eps)
+    else:
+        r64 = rstd.astype(np.float64)[..., None]
+    xhat = x64 * r64
+    g = dy64 if weight is None else dy64 * weight.astype(np.float64)
+    dx = r64 * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    dw = None if weight is None else (dy64 * xhat).reshape(-1, C).sum(axis=0).astype(weight.dtype)
+    return dx.astype(x.dtype), dw
+
+
+def rope_cos_sin(positions, inv_freq, shape):
+    """cos and sin of the angles, (B, L, 1, D/2) float64, for positions (B, L) or (L,)."""
+    B, L = shape[0], shape[1]
+    p = np.broadcast_to(np.asarray(positions, dtype=np.int64), (B, L)).astype(np.float64)
+    ang = p[:, :, None, None] * np.asarray(inv_freq, np.float64)
+    return np.cos(ang), np.sin(ang)
+
+
+@_quiet
+def rope(x, positions, inv_freq, out=None, inverse=False):
+    """Rotate-half RoPE of x (B, L, H, D) at positions (B, L) or (L,); out may be x itself."""
+    c, s = rope_cos_sin(positions, inv_freq, x.shape)
+    if inverse:
+        s = -s
+    h = x.shape[-1] // 2
+    x64 = x.astype(np.float64)
+    x1, x2 = x64[..., :h], x64[..., h:]
+    y = np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+    return _emit(y, x.dtype, out)
+
+
+def _silu_parts64(g64):
+    """silu(g) and silu'(g), float64."""
+    s, sm = special.expit(g64), special.expit(-g64)
+    gc = np.clip(g64, -_GRAD_CLIP, _GRAD_CLIP)
+    return g64 * s, s * (1.0 + gc * sm)
+
+
+@_quiet
+def swiglu(gate, up, out=None):
+    """silu(gate) * up."""
+    g64 = gate.astype(np.float64)
+    return _emit(g64 * special.expit(g64) * up.astype(np.float64), gate.dtype, out)
+
+
+@_quiet
+def swiglu_backward(dy, gate, up):
+    """(dgate, dup) of swiglu."""
+    silu, dsilu = _silu_parts64(gate.astype(np.float64))
+    dy64 = dy.astype(np.float64)
+    return (dy64 * up.astype(np.float64) * dsilu).astype(gate.dtype), (dy64 * silu).astype(gate.dtype)

@@ -96,6 +96,8 @@ def gelu(x, approximate="tanh", out=None):
 def linear(x, weight, bias=None, activation=None, out=None, return_preact=False):
     if max(x.size // x.shape[-1], weight.shape[0], weight.shape[1]) >= 2**31:
         raise ValueError(f"linear: dimensions of x {x.shape} / weight {weight.shape} exceed the BLAS int32 range")
+    if activation == "swiglu":
+        return _linear_swiglu(x, weight, bias, out, return_preact)
     w = weight
     if not (w.flags.c_contiguous or w.flags.f_contiguous):
         w = np.ascontiguousarray(w)
@@ -190,3 +192,82 @@ def cross_entropy(logits, targets, ignore_index=-1, return_grad=False):
 
 
 from qkv._cpu.attention import attention, attention_backward  # noqa: E402
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Llama-family ops (arguments validated by qkv._ops). For now the float64 reference, cast back
+# to x's dtype; the compiled kernels replace these.
+
+
+def rms_norm(x, weight=None, eps=1e-6, out=None, return_stats=False):
+    from qkv import _reference
+
+    r = _reference.rms_norm(x, weight, eps, out=out, return_stats=return_stats)
+    return (r[0], r[1].astype(x.dtype)) if return_stats else r
+
+
+def rms_norm_backward(dy, x, weight=None, rstd=None, eps=1e-6):
+    from qkv import _reference
+
+    return _reference.rms_norm_backward(dy, x, weight, rstd, eps)
+
+
+def rope(x, positions, inv_freq, out=None, inverse=False):
+    from qkv import _reference
+
+    return _reference.rope(x, positions, inv_freq, out=out, inverse=inverse)
+
+
+def swiglu(gate, up, out=None):
+    from qkv import _reference
+
+    return _reference.swiglu(gate, up, out=out)
+
+
+def swiglu_backward(dy, gate, up):
+    from qkv import _reference
+
+    return _reference.swiglu_backward(dy, gate, up)
+
+
+# linear(..., activation="swiglu"): rows per GEMM block, so the block's (rows, 2 * inner) product
+# (about this many bytes) is still in cache when the SwiGLU epilogue reads it
+SWIGLU_BLOCK_BYTES = 1 << 20
+
+
+def _linear_swiglu(x, weight, bias, out, return_preact):
+    """silu(x @ Wg + bg) * (x @ Wu + bu), weight (K, 2N) = [gate | up]. The GEMM runs over blocks
+    of rows into one (rows, 2N) buffer and the SwiGLU epilogue reads it while it is warm: the
+    (R, 2N) intermediate is written and read once, and never exists whole. With return_preact
+    (training) the whole (R, 2N) preact is kept and returned instead."""
+    K, N2 = weight.shape
+    N = N2 // 2
+    w = weight if (weight.flags.c_contiguous or weight.flags.f_contiguous) else np.ascontiguousarray(weight)
+    b = None if bias is None else np.ascontiguousarray(bias)
+    x2 = _rows(x)                                        # (R, K)
+    R = x2.shape[0]
+    y = _result(out, x.shape[:-1] + (N,), x.dtype)
+    y2 = y.reshape(-1, N)                                # (R, N)
+    simd, nt = _config.simd_level(), _config.get_num_threads()
+    if return_preact:
+        pre = np.empty(x.shape[:-1] + (N2,), x.dtype)
+        p2 = pre.reshape(-1, N2)                         # (R, 2N)
+        linear_rows(p2, x2, w, b, ACTIVATION_CODES[None], simd, nt)
+        _swiglu_into(y2, p2[:, :N], p2[:, N:])
+        return y, pre
+    rb = min(R, max(64, SWIGLU_BLOCK_BYTES // (N2 * x.itemsize)))
+    buf = np.empty((rb, N2), x.dtype)
+    for r0 in range(0, R, rb):
+        r1 = min(R, r0 + rb)
+        t = buf[: r1 - r0]                               # (rows, 2N)
+        linear_rows(t, x2[r0:r1], w, b, ACTIVATION_CODES[None], simd, nt)
+        _swiglu_into(y2[r0:r1], t[:, :N], t[:, N:])
+    return y
+
+
+def _swiglu_into(y, gate, up):
+    """y (R, N) C-contiguous = silu(gate) * up, gate and up (R, N) views with contiguous rows."""
+    from qkv import _reference
+
+    _reference.swiglu(gate, up, out=y)
