@@ -6,12 +6,13 @@ import numpy as np
 
 import qkv
 from qkv import _backend
+from qkv.nn import hooks as _hooks
 from qkv.nn.config import BertConfig
 from qkv.nn.layers import Block, Embedding, LayerNorm
 from qkv.nn.module import Module, Scratch
 
 
-class Encoder(Module):
+class Encoder(_hooks.HookedModel, Module):
     def __init__(self, config=None, dtype=np.float32, xp=np):
         self.config = config = config or BertConfig()
         self.embeddings = Embedding(config.vocab_size, config.max_position_embeddings, config.n_embd,
@@ -59,6 +60,8 @@ class Encoder(Module):
                                  f"got {token_type_ids.dtype} of shape {token_type_ids.shape}")
             if int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= self.config.type_vocab_size:
                 raise ValueError(f"token_type_ids must lie in [0, {self.config.type_vocab_size})")
+        if self._hook_run is not None:  # hooks or a cache are active (qkv.nn.hooks)
+            return self._forward_hooked(ids, mask, kv_lengths, token_type_ids, return_attention)
         x = self.ln_embed(self.embeddings(ids, token_type_ids=token_type_ids))  # (B, L, C), updated in place below
         scratch = Scratch(xp, x.dtype)
         trace = {"attention": [], "residual": [x.copy()]} if return_attention else None
@@ -69,6 +72,24 @@ class Encoder(Module):
                 trace["attention"].append(w)
                 trace["residual"].append(x.copy())
         return (x, trace) if return_attention else x
+
+    def _forward_hooked(self, ids, mask, kv_lengths, token_type_ids, return_attention):
+        """__call__ with a hook point at every named activation (qkv.nn.hooks), into fresh arrays."""
+        if return_attention:
+            raise ValueError("return_attention does not combine with hooks: cache blocks.{i}.attn.hook_pattern "
+                             "and blocks.{i}.ln2.hook_normalized with run_with_cache instead")
+        hp = _hooks.HookPoints(self._hook_run)
+        x = _hooks.embed(self.embeddings, ids, hp, token_type_ids=token_type_ids)
+        x = hp("ln_embed.hook_normalized", self.ln_embed(x))  # (B, L, C)
+        for i, block in enumerate(self.layer):
+            x = _hooks.block(block, x, hp.child(f"blocks.{i}"), mask=mask, kv_lengths=kv_lengths)
+        return x
+
+    def _hook_names(self):
+        names = ["hook_embed", "hook_pos_embed", "hook_token_type_embed", "ln_embed.hook_normalized"]
+        for i, block in enumerate(self.layer):
+            names += _hooks.block_names(f"blocks.{i}.", block)
+        return names
 
     def embed(self, texts, batch_size=32, normalize=True):
         """Sentence embeddings (N, C): mean of the last hidden state over real tokens, L2-normalised.

@@ -13,6 +13,7 @@ import numpy as np
 import qkv
 from qkv import _backend
 from qkv.nn.config import GPTConfig
+from qkv.nn import hooks as _hooks
 from qkv.nn.kv_cache import KVCache
 from qkv.nn.layers import Block, Embedding, LayerNorm
 from qkv.nn.module import Module, Scratch, Tape
@@ -21,7 +22,7 @@ from qkv.nn.module import Module, Scratch, Tape
 _MODEL = object()  # generate's default eos_token_id: the model's own
 
 
-class GPT(Module):
+class GPT(_hooks.HookedModel, Module):
     eos_token_id = None  # id (or list of ids) that ends a generated row; from_pretrained reads the checkpoint's
 
     def __init__(self, config=None, dtype=np.float32, xp=np):
@@ -156,6 +157,8 @@ class GPT(Module):
         start = cache.length if cache is not None else 0
         if position_ids is None and start + L > self.config.block_size:
             raise ValueError(f"{start + L} tokens exceed the context of {self.config.block_size}")
+        if self._hook_run is not None:  # hooks or a cache are active (qkv.nn.hooks)
+            return self._forward_hooked(ids, cache, last_only, return_attention, logits_out, mask, position_ids)
         x = self.embeddings(ids, start=start, position_ids=position_ids)  # (B, L, C), the residual stream
         trace = {"attention": [], "residual": [x.copy()]} if return_attention else None
         for i, block in enumerate(self.h):
@@ -171,6 +174,30 @@ class GPT(Module):
         h = self.ln_f(x, out=scratch("ln_f", x.shape))
         logits = qkv.linear(h, self.embeddings.wte.T, out=logits_out)  # tied head: (B, L, C) @ (C, V)
         return (logits, trace) if return_attention else logits
+
+    def _forward_hooked(self, ids, cache, last_only, return_attention, logits_out, mask, position_ids):
+        """_forward with a hook point at every named activation (qkv.nn.hooks), layer by layer into
+        fresh arrays; the same kernels, so the same logits while no hook edits anything."""
+        if return_attention:
+            raise ValueError("return_attention does not combine with hooks: cache blocks.{i}.attn.hook_pattern "
+                             "and blocks.{i}.hook_resid_post with run_with_cache instead")
+        hp = _hooks.HookPoints(self._hook_run)
+        start = cache.length if cache is not None else 0
+        x = _hooks.embed(self.embeddings, ids, hp, start=start, position_ids=position_ids)  # (B, L, C)
+        for i, block in enumerate(self.h):
+            x = _hooks.block(block, x, hp.child(f"blocks.{i}"), mask=mask, cache=cache, layer=i)
+        if cache is not None:
+            cache.advance(ids.shape[1])
+        if last_only:
+            x = x[:, -1:, :]
+        h = hp("ln_final.hook_normalized", self.ln_f(x))
+        return qkv.linear(h, self.embeddings.wte.T, out=logits_out)  # tied head: (B, L, C) @ (C, V)
+
+    def _hook_names(self):
+        names = ["hook_embed", "hook_pos_embed"]
+        for i, block in enumerate(self.h):
+            names += _hooks.block_names(f"blocks.{i}.", block)
+        return names + ["ln_final.hook_normalized"]
 
     def new_cache(self, batch, max_len):
         c = self.config
