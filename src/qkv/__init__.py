@@ -16,6 +16,7 @@ from qkv._ops import rms_norm, rms_norm_backward, rope, rope_backward, swiglu, s
 from qkv import nn  # noqa: E402  (the model API; imports only qkv ops)
 from qkv.nn.params import count_parameters  # noqa: E402
 from qkv import optim  # noqa: E402  (AdamW, clip_grad_norm, cosine_lr)
+from qkv import lens  # noqa: E402  (looking inside: logit lens, patching, head detectors)
 
 __all__ = [
     "BackendUnavailable",
@@ -31,6 +32,7 @@ __all__ = [
     "get_num_threads",
     "layer_norm",
     "layer_norm_backward",
+    "lens",
     "linear",
     "linear_backward",
     "mlp",
