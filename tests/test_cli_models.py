@@ -70,21 +70,21 @@ def folders(tmp_path_factory):
     """Model folders a user might point --model at, good and bad."""
     root = tmp_path_factory.mktemp("models")
     f = {"bert": tiny_bert(root / "bert"), "bert_no_tokenizer": tiny_bert(root / "bert_no_tok", tokenizer=False),
-         "bert_llama": tiny_bert(root / "bert_llama", model_type="llama")}
+         "bert_t5": tiny_bert(root / "bert_t5", model_type="t5")}
     corrupt = Path(tiny_bert(root / "bert_corrupt"))
     (corrupt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     f["bert_corrupt"] = str(corrupt)
     no_config = Path(tiny_bert(root / "bert_no_config"))
     (no_config / "config.json").unlink()
     f["bert_no_config"] = str(no_config)
-    for name, change in (("gpt_no_tokenizer", "tokenizer"), ("gpt_llama", "llama")):
+    for name, change in (("gpt_no_tokenizer", "tokenizer"), ("gpt_t5", "t5")):
         d = root / name
         shutil.copytree(TINY, d)
         if change == "tokenizer":
             (d / "tokenizer.json").unlink()
         else:
             cfg = json.loads((d / "config.json").read_text())
-            (d / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+            (d / "config.json").write_text(json.dumps({**cfg, "model_type": "t5"}))
         f[name] = str(d)
     return f
 
@@ -97,10 +97,10 @@ BAD_INPUT = [
     (["embed", "--model", "{bert_no_config}", "hi"], "config.json is missing"),
     (["embed", "--model", "{bert_no_tokenizer}", "hi"], "tokenizer.json is missing"),
     (["similarity", "--model", "{bert_no_tokenizer}", "a", "b"], "tokenizer.json is missing"),
-    (["embed", "--model", "{bert_llama}", "hi"],
-     "model_type 'llama' is not supported; qkv loads 'gpt2' (GPT-2 decoder), 'bert' (BERT-family encoder)"),
-    (["inspect", "hi", "--model", "{gpt_llama}"], "model_type 'llama' is not supported; qkv loads 'gpt2'"),
-    (["params", "{gpt_llama}"], "model_type 'llama' is not supported"),
+    (["embed", "--model", "{bert_t5}", "hi"],
+     "model_type 't5' is not supported; qkv loads 'gpt2' (GPT-2 decoder), 'bert' (BERT-family encoder)"),
+    (["inspect", "hi", "--model", "{gpt_t5}"], "model_type 't5' is not supported; qkv loads 'gpt2'"),
+    (["params", "{gpt_t5}"], "model_type 't5' is not supported"),
     (["inspect", "hi", "--model", "{gpt_no_tokenizer}"], "tokenizer.json is missing"),
     (["embed", "--model", TINY + "/config.json", "hi"], "config.json is a file; --model takes a model folder"),
     (["inspect", "hi", "--model", TINY + "/config.json"], "config.json is a file; --model takes a model folder"),

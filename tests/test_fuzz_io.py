@@ -188,7 +188,8 @@ def test_unreadable_config(tmp_path, text):
 
 
 @pytest.mark.parametrize("cfg_change, match", [
-    ({"model_type": "llama"}, "model_type 'llama' is not supported; qkv loads 'gpt2'"),
+    ({"model_type": "t5"}, "model_type 't5' is not supported; qkv loads 'gpt2'"),
+    ({"model_type": "llama"}, "GPT.from_pretrained reads a GPT-2 decoder"),
     ({"model_type": "bert"}, "GPT.from_pretrained reads a GPT-2 decoder"),
 ])
 def test_model_type_is_checked_by_the_library(tmp_path, cfg_change, match):

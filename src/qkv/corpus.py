@@ -220,19 +220,24 @@ def data_offset(npy):
         return f.tell()
 
 
-def count_truncated(model, texts):
-    """How many texts the tokenizer cuts to the model's max_seq_length."""
-    return sum(1 for e in model.tokenizer.encode_batch(texts) if e.overflowing)
+def count_truncated(model, texts, row0):
+    """How many texts the tokenizer cuts to the model's max_seq_length. A text it gives no token
+    at all (a blank one, for a tokenizer that adds no [CLS]/[SEP]) has no embedding: an error."""
+    n = 0
+    for r, e in enumerate(model.tokenizer.encode_batch(texts)):
+        if not e.ids:
+            raise CorpusError(f"item {row0 + r} ({texts[r]!r}) gives no tokens with this model's tokenizer, "
+                              f"so it has no embedding; pass --skip-empty to skip blank items")
+        n += bool(e.overflowing)
+    return n
 
 
 def embed_chunk(model, out, i, chunk, opts, batch_size):
     """Embed chunk i into OUT/embeddings.npy and mark it done; returns {"rows", "truncated"}."""
     out = Path(out)
     texts = read_chunk(opts["input"], chunk, opts)
+    stats = {"rows": len(texts), "truncated": count_truncated(model, texts, chunk[2])}
     emb = model.embed(texts, batch_size=batch_size)  # (rows, C) float32
-    if emb.shape != (chunk[3], opts["dims"]):
-        raise CorpusError(f"the model gives {emb.shape[1]}-dim vectors; OUT holds {opts['dims']}")
-    stats = {"rows": len(texts), "truncated": count_truncated(model, texts)}
     npy = out / "embeddings.npy"
     data = np.ascontiguousarray(emb, dtype=np.float32).tobytes()
     where = data_offset(npy) + chunk[2] * opts["dims"] * 4
@@ -337,8 +342,8 @@ def embed_corpus(model, source, out, *, batch_size=32, field=None, id_field="id"
     model: an Encoder (with its tokenizer). field: None = one text a line; a name = JSON Lines,
     the text in that field (ids from `id_field` when the items have it). skip_empty: drop blank
     items instead of embedding them as the empty text. errors: "strict" (invalid UTF-8 is an
-    error naming the line) or "replace". dask: None (this process), "local:N" or a scheduler
-    address (needs model_folder, which every worker loads). Returns a summary dict.
+    error naming the line) or "replace". dask: None (this process), "local:N", a scheduler
+    address or a distributed.Client (needs model_folder, which every worker loads). Returns a summary dict.
     """
     from qkv._progress import progress_bar
 
@@ -361,6 +366,8 @@ def embed_corpus(model, source, out, *, batch_size=32, field=None, id_field="id"
             "chunk_rows": int(chunk_rows)}
     _check_out(out, overwrite)
     m = read_manifest(out) if not overwrite else None
+    if m is not None and not done_stats(out, len(m["chunks"])):
+        m = None  # a job that never finished a chunk holds nothing to lose: start this one instead
     if m is not None:
         want["input"]["sha256"] = _sha256(src) if m["input"].get("size") == want["input"]["size"] else None
         diff = _differences(m, want)
@@ -479,10 +486,13 @@ def top_k(emb, q, k, block=SEARCH_BLOCK):
     return best_i[order], best_s[order]
 
 
-def item_text(m, offset):
-    """The text of the item whose line starts at byte `offset` of the input (as embedded)."""
+def items(m, offsets):
+    """[(text, id or None), ...] of the items whose lines start at these byte offsets of the input."""
+    found = []
     with open(m["input"]["path"], "rb") as f:
-        f.seek(int(offset))
-        raw = f.readline()
-    item = parse_line(raw[:-1] if raw.endswith(b"\n") else raw, 0, m["options"], m["input"]["path"])
-    return "" if item is None else item[0]
+        for off in offsets:
+            f.seek(int(off))
+            raw = f.readline()
+            text, item_id = parse_line(raw[:-1] if raw.endswith(b"\n") else raw, 0, m["options"], m["input"]["path"])
+            found.append((text, None if item_id is None or item_id is _NO_ID else item_id))
+    return found

@@ -80,12 +80,11 @@ def connect(spec):
         raise CorpusError(f"--dask {arg}: cannot reach the scheduler ({exc})") from None
 
 
-def run_chunks(spec, folder, fingerprint, out, todo, chunks, opts, batch_size, client=None):
-    """Run the chunks `todo` on the cluster; yields (chunk index, stats) as each finishes."""
-    own = client is None
-    cluster = None
-    if own:
-        client, cluster = connect(spec)
+def run_chunks(spec, folder, fingerprint, out, todo, chunks, opts, batch_size):
+    """Run the chunks `todo` on the cluster `spec` (a spec string, or a Client to use as it is);
+    yields (chunk index, stats) as each finishes."""
+    own = isinstance(spec, str)
+    client, cluster = connect(spec) if own else (spec, None)
     try:
         plugin = EncoderPlugin(folder, fingerprint)
         client.register_plugin(plugin)

@@ -12,7 +12,7 @@ from qkv.cli import CommandError, user_input
 
 from qkv.io.checkpoint import MODEL_TYPES, supported_model_types
 
-FOLDER_HELP = "a model folder: config.json, model.safetensors, tokenizer.json"
+FOLDER_HELP = "a model folder: config.json, model.safetensors (or shards), tokenizer.json"
 
 
 def progress(msg):
@@ -27,6 +27,17 @@ def model_type(folder):
 
     with user_input():
         return checked_type(read_config(folder), folder)
+
+
+def model_config(folder):
+    """The qkv config of a folder (GPTConfig, BertConfig or LlamaConfig, by config.json's model_type)."""
+    import qkv.nn
+    from qkv.io import read_config
+
+    kind = model_type(folder)
+    cls = {"GPT": qkv.nn.GPTConfig, "Encoder": qkv.nn.BertConfig, "Llama": qkv.nn.LlamaConfig}[MODEL_TYPES[kind][0]]
+    with user_input():
+        return cls.from_hf({**read_config(folder), "model_type": kind})
 
 
 def load_encoder(path=None):
@@ -49,7 +60,7 @@ def load_encoder(path=None):
 
 
 def load_model(path):
-    """A GPT or an Encoder, by the folder's config.json model_type, with its tokenizer."""
+    """A GPT, Llama or Encoder, by the folder's config.json model_type, with its tokenizer."""
     import qkv.nn
 
     folder = model_folder(path)

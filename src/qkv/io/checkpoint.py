@@ -1,7 +1,7 @@
 """Read Hugging Face model folders into qkv.nn models.
 
-A folder holds config.json and model.safetensors (and tokenizer.json). Tensors are read with the
-safetensors package (memory-mapped, never pickle). Every model parameter comes from one named
+A folder holds config.json and model.safetensors, or shards listed in model.safetensors.index.json
+(and tokenizer.json). Tensors are read with the safetensors package (never pickle). Every model parameter comes from one named
 tensor whose shape is checked; a missing or mis-shaped tensor is a ValueError naming it. Nothing is
 downloaded: the packaged all-MiniLM-L6-v2 weights are found on disk (find_minilm).
 """
@@ -41,7 +41,9 @@ def read_config(path):
 # loads. Only these load with the right numbers: RoBERTa-family folders (roberta, xlm-roberta,
 # camembert) have BERT's tensor names but number positions from padding_idx + 1, so they are
 # refused rather than silently embedded wrong.
-MODEL_TYPES = {"gpt2": ("GPT", "GPT-2 decoder"), "bert": ("Encoder", "BERT-family encoder")}
+MODEL_TYPES = {"gpt2": ("GPT", "GPT-2 decoder"), "bert": ("Encoder", "BERT-family encoder"),
+               "llama": ("Llama", "Llama-family decoder"), "qwen2": ("Llama", "Qwen2 decoder"),
+               "mistral": ("Llama", "Mistral decoder")}
 
 
 def supported_model_types():
@@ -52,8 +54,9 @@ def model_type(cfg, folder="the model folder"):
     """config.json's model_type, checked against MODEL_TYPES (inferred from the field names when a
     hand-written config has none). ValueError naming the supported types otherwise."""
     kind = cfg.get("model_type")
-    if kind is None:  # GPT-2 and BERT name their fields differently
-        kind = "gpt2" if "n_layer" in cfg else "bert" if "num_hidden_layers" in cfg else None
+    if kind is None:  # GPT-2, BERT and Llama name their fields differently
+        kind = ("gpt2" if "n_layer" in cfg else "llama" if "num_key_value_heads" in cfg or "rms_norm_eps" in cfg
+                else "bert" if "num_hidden_layers" in cfg else None)
         if kind is None:
             raise ValueError(f"{folder}/config.json has no model_type; qkv loads {supported_model_types()}")
     if kind not in MODEL_TYPES:
@@ -70,6 +73,37 @@ def _read_config_of(folder, expected):
         raise ValueError(f"{folder} holds a {MODEL_TYPES[kind][1]} (model_type {kind!r}); {cls}.from_pretrained "
                          f"reads a {what} (model_type {expected!r})")
     return cfg
+
+
+def read_checkpoint(folder):
+    """The tensors of a model folder: model.safetensors, else the shards that
+    model.safetensors.index.json lists (each a plain file name in the folder; every listed tensor
+    must be in its shard, and no tensor in two)."""
+    folder = _folder(folder)
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file() or not index.is_file():
+        return read_safetensors(folder)
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{index} is not a safetensors index (a JSON object with a weight_map): {exc!r}") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index}: weight_map must be a non-empty object {{tensor name: shard file}}")
+    shards = sorted(set(map(str, weight_map.values())))
+    for f in weight_map.values():
+        if not isinstance(f, str) or Path(f).name != f or not f.endswith(".safetensors"):
+            raise ValueError(f"{index}: shard {f!r} must be a .safetensors file name in the model folder")
+    tensors = {}
+    for f in shards:
+        part = read_safetensors(folder / f)
+        for name in part:
+            if name in tensors:
+                raise ValueError(f"{index}: tensor {name!r} is in more than one shard (the second: {f})")
+        tensors.update(part)
+    missing = [n for n, f in weight_map.items() if n not in tensors]
+    if missing:
+        raise ValueError(f"{index} lists tensor {missing[0]!r} in {weight_map[missing[0]]}, which does not hold it")
+    return tensors
 
 
 def read_safetensors(path):
@@ -112,7 +146,7 @@ def _strip_prefix(tensors, prefixes):
     return tensors
 
 
-def _check_layout(config, tensors, embedding, layer_prefix):
+def _check_layout(config, tensors, embedding, layer_prefix, unsized=()):
     """The config must describe the checkpoint before anything is built from it, so a malformed or
     hostile config.json (n_layer = 40265318, n_positions = 10**8, ...) is a ValueError, not a huge
     allocation. Nothing here is proportional to a config number, only to the file's contents:
@@ -122,6 +156,9 @@ def _check_layout(config, tensors, embedding, layer_prefix):
        (each one sizes some tensor of the checkpoint, or is smaller than one);
     3. the token embedding's shape is compared; _check_sources then compares every tensor's shape
        against a shapes-only model, which (1) and (2) keep as small as the file.
+
+    ``unsized``: config integers that size nothing (a rotary model's context length, its attention
+    window); they are not bounded by the file, and nothing may be allocated from them.
     """
     if embedding not in tensors:
         raise ValueError(f"checkpoint is missing tensor {embedding!r}")
@@ -132,7 +169,9 @@ def _check_layout(config, tensors, embedding, layer_prefix):
                          + (f" (numbered {min(layers)}..{max(layers)})" if layers else ""))
     largest = max((max(t.shape, default=1) for t in tensors.values()), default=0)
     for name, value in vars(config).items():
-        if name != "n_layer" and isinstance(value, int) and not isinstance(value, bool) and value > largest:
+        if name in unsized or name == "n_layer":
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value > largest:
             raise ValueError(f"config.json's {name} = {value} is larger than any dimension in the checkpoint "
                              f"(largest: {largest})")
     want = (config.vocab_size, config.n_embd)
@@ -186,9 +225,87 @@ def load_gpt2(cls, path, dtype=np.float32):
     model = cls(config, dtype=dtype)
     _assign(model, tensors, mapping, dtype)
     model.tokenizer = _maybe_tokenizer(folder)
+    model.eos_token_id = _eos_in_vocab(folder, config.vocab_size)
+    return model
+
+
+def _eos_in_vocab(folder, vocab_size):
+    """The folder's eos id(s) that the vocabulary can produce (others never come): an int, a list, or None."""
     eos = read_eos_token_id(folder)
-    eos = [e for e in ([eos] if isinstance(eos, int) else eos or []) if e < config.vocab_size]  # others never come
-    model.eos_token_id = None if not eos else eos[0] if len(eos) == 1 else eos
+    eos = [e for e in ([eos] if isinstance(eos, int) else eos or []) if e < vocab_size]
+    return None if not eos else eos[0] if len(eos) == 1 else eos
+
+
+def _fuse(tensors, names, fused, what):
+    """tensors[fused] = the named nn.Linear weights (out_k, in), transposed and side by side:
+    (in, sum out_k); or the named biases (out_k,) end to end. Each must exist, be floating point, have
+    the first one's number of axes (1 or 2), and the same input width."""
+    parts = []
+    for n in names:
+        if n not in tensors:
+            raise ValueError(f"checkpoint is missing tensor {n!r} (for {what})")
+        t = tensors[n]
+        if t.dtype.kind != "f":
+            raise ValueError(f"tensor {n!r} has dtype {t.dtype}; expected floating point")
+        ndim = parts[0].ndim if parts else 2 if n.endswith(".weight") else 1
+        if t.ndim != ndim or (ndim == 2 and parts and t.shape[1] != parts[0].shape[1]):
+            raise ValueError(f"tensor {n!r} has shape {tuple(t.shape)}, which does not fit beside "
+                             f"{names[0]!r} {tuple((parts or [t])[0].shape)} (weights are (out, in), biases (out,))")
+        parts.append(t)
+    tensors[fused] = np.concatenate([t.T for t in parts], axis=1) if ndim == 2 else np.concatenate(parts)
+
+
+def load_llama(cls, path, dtype=np.float32):
+    """A Llama-family folder (model_type llama, qwen2, mistral; one file or shards) into cls (qkv.nn.Llama).
+
+    Hugging Face keeps q/k/v and gate/up as separate nn.Linear (out, in) weights; here they are fused
+    into c_attn (C, (H + 2 Hkv) d) = [q | k | v] and c_fc (C, 2 n_inner) = [gate | up]; the other
+    linears are transposed to (in, out). The LM head is read only when the config does not tie it."""
+    from qkv.nn.config import LlamaConfig
+
+    folder = _folder(path)
+    raw = read_config(folder)
+    kind = model_type(raw, folder)
+    if MODEL_TYPES[kind][0] != "Llama":
+        raise ValueError(f"{folder} holds a {MODEL_TYPES[kind][1]} (model_type {kind!r}); Llama.from_pretrained "
+                         f"reads model_type 'llama', 'qwen2' or 'mistral'")
+    config = LlamaConfig.from_hf({**raw, "model_type": kind})
+    tensors = _strip_prefix(read_checkpoint(folder), ("model.",))
+    _check_layout(config, tensors, "embed_tokens.weight", "layers.", unsized=("block_size", "sliding_window"))
+    mapping = {"embeddings.wte": "embed_tokens.weight", "ln_f.weight": "norm.weight"}
+    transpose = set()
+    if not config.tie_word_embeddings:
+        mapping["lm_head.weight"] = "lm_head.weight"
+        transpose.add("lm_head.weight")  # nn.Linear stores (out, in)
+    for i in range(config.n_layer):
+        src, ours = f"layers.{i}.", f"h.{i}."
+        attn, mlp = src + "self_attn.", src + "mlp."
+        qkv_w, fc_w = attn + "[q|k|v]_proj.weight (fused)", mlp + "[gate|up]_proj.weight (fused)"
+        _fuse(tensors, [attn + n + ".weight" for n in ("q_proj", "k_proj", "v_proj")], qkv_w, f"layer {i} attention")
+        _fuse(tensors, [mlp + n + ".weight" for n in ("gate_proj", "up_proj")], fc_w, f"layer {i} MLP")
+        mapping.update({ours + "ln_1.weight": src + "input_layernorm.weight",
+                        ours + "ln_2.weight": src + "post_attention_layernorm.weight",
+                        ours + "attn.c_attn.weight": qkv_w,
+                        ours + "attn.c_proj.weight": attn + "o_proj.weight",
+                        ours + "mlp.c_fc.weight": fc_w,
+                        ours + "mlp.c_proj.weight": mlp + "down_proj.weight"})
+        transpose |= {ours + "attn.c_proj.weight", ours + "mlp.c_proj.weight"}
+        if config.qkv_bias:
+            _fuse(tensors, [attn + n + ".bias" for n in ("q_proj", "k_proj", "v_proj")],
+                  attn + "[q|k|v]_proj.bias (fused)", f"layer {i} attention")
+            mapping[ours + "attn.c_attn.bias"] = attn + "[q|k|v]_proj.bias (fused)"
+        if config.proj_bias:
+            mapping[ours + "attn.c_proj.bias"] = attn + "o_proj.bias"
+        if config.mlp_bias:
+            _fuse(tensors, [mlp + n + ".bias" for n in ("gate_proj", "up_proj")], mlp + "[gate|up]_proj.bias (fused)",
+                  f"layer {i} MLP")
+            mapping[ours + "mlp.c_fc.bias"] = mlp + "[gate|up]_proj.bias (fused)"
+            mapping[ours + "mlp.c_proj.bias"] = mlp + "down_proj.bias"
+    _check_sources(cls, config, tensors, mapping, transpose)
+    model = cls(config, dtype=dtype)
+    _assign(model, tensors, mapping, dtype, transpose)
+    model.tokenizer = _maybe_tokenizer(folder)
+    model.eos_token_id = _eos_in_vocab(folder, config.vocab_size)
     return model
 
 

@@ -76,6 +76,17 @@ class LayerNorm(Module):
         return dx
 
 
+class RMSNorm(Module):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis: Llama's norm (no centring, no bias)."""
+
+    def __init__(self, n, eps=1e-6, dtype=np.float32, xp=np):
+        self.weight = xp.ones((n,), dtype=dtype)
+        self.eps = eps
+
+    def __call__(self, x, out=None):
+        return qkv.rms_norm(x, self.weight, self.eps, out=out)
+
+
 class Embedding(Module):
     """Token + learned position (+ token type) embeddings: (B, L) ids -> (B, L, C)."""
 
@@ -127,14 +138,24 @@ class AttentionHead:
     Wq, Wk: (C, d) project the residual stream to queries and keys; the value map is factored as
     Wv_down (C, d) then Wv_up (d, C): the head's slice of the value projection and of the output
     matrix. A head's output is softmax(q k^T / sqrt(d)) (x Wv_down) Wv_up; the heads' outputs add up.
+    With grouped-query attention, Wk and Wv_down are those of the K/V head ``kv_head`` that this
+    query head shares with n_head / n_kv_head - 1 others (the same views, not copies).
     """
 
     def __init__(self, mha, index):
         self._mha, self.index = mha, index
 
+    @property
+    def kv_head(self):
+        """The K/V head this query head reads (grouped-query attention; == index without it)."""
+        return self.index // (self._mha.n_head // self._mha.n_kv_head)
+
     def _cols(self, part):
-        C, d, h = self._mha.n_embd, self._mha.head_dim, self.index
-        return slice(part * C + h * d, part * C + (h + 1) * d)
+        """Columns of c_attn, laid out [q: H heads | k: Hkv heads | v: Hkv heads] of d each."""
+        m, d = self._mha, self._mha.head_dim
+        start = (0, m.n_head * d, (m.n_head + m.n_kv_head) * d)[part]
+        h = self.index if part == 0 else self.kv_head
+        return slice(start + h * d, start + (h + 1) * d)
 
     @property
     def Wq(self):
@@ -163,6 +184,11 @@ class AttentionHead:
         q = qkv.linear(x, self.Wq, bq)[:, None]  # (B, 1, L, d)
         k = qkv.linear(x, self.Wk, bk)[:, None]
         v = qkv.linear(x, self.Wv_down, bv)[:, None]
+        rope = self._mha.rope
+        if rope is not None:  # rotary positions 0..L-1 on q and k (rope takes (B, L, H, d))
+            pos = namespace(x).arange(x.shape[1])
+            q, k = (qkv.rope(t.transpose(0, 2, 1, 3), pos, theta=rope["theta"], scaling=rope["scaling"])
+                    .transpose(0, 2, 1, 3) for t in (q, k))
         y = qkv.attention(q, k, v, causal=causal)[:, 0]  # (B, L, d)
         return qkv.linear(y, self.Wv_up)
 
@@ -176,17 +202,28 @@ class MultiHeadAttention(Module):
 
     Self-attention by default; with ``cross=True`` queries come from x and keys/values from a
     context (q_attn (C, C), c_attn (C, 2C) over the context).
+
+    Llama-family options (self-attention): ``n_kv_head`` < n_head K/V heads (grouped-query: c_attn
+    is (C, (H + 2 Hkv) d), columns [q | k | v], the cache holds Hkv heads), ``head_dim`` d other
+    than C / H (c_proj is then (H d, C)), ``rope`` {"theta", "scaling"}: rotary positions applied
+    to q and k after the projection, ``proj_bias`` for c_proj apart from ``bias`` (q/k/v).
     """
 
-    def __init__(self, n_embd, n_head, causal=True, cross=False, bias=True, dtype=np.float32, xp=np):
-        self.n_embd, self.n_head, self.head_dim = n_embd, n_head, n_embd // n_head
+    def __init__(self, n_embd, n_head, causal=True, cross=False, bias=True, dtype=np.float32, xp=np, *,
+                 n_kv_head=None, head_dim=None, rope=None, proj_bias=None):
+        self.n_embd, self.n_head, self.head_dim = n_embd, n_head, head_dim or n_embd // n_head
+        self.n_kv_head = n_kv_head or n_head
+        if n_head % self.n_kv_head or (cross and (self.n_kv_head != n_head or rope is not None)):
+            raise ValueError(f"MultiHeadAttention: n_head ({n_head}) must be a multiple of n_kv_head "
+                             f"({self.n_kv_head}), and cross-attention has neither GQA nor rope")
+        self.rope = rope  # None, or {"theta": float, "scaling": HF rope_scaling dict or None}
         self.causal, self.cross = causal, cross
         if cross:
             self.q_attn = Linear(n_embd, n_embd, bias, dtype, xp)
             self.c_attn = Linear(n_embd, 2 * n_embd, bias, dtype, xp)
         else:
-            self.c_attn = Linear(n_embd, 3 * n_embd, bias, dtype, xp)
-        self.c_proj = Linear(n_embd, n_embd, bias, dtype, xp)
+            self.c_attn = Linear(n_embd, (n_head + 2 * self.n_kv_head) * self.head_dim, bias, dtype, xp)
+        self.c_proj = Linear(n_head * self.head_dim, n_embd, bias if proj_bias is None else proj_bias, dtype, xp)
 
     @property
     def heads(self):
@@ -200,8 +237,27 @@ class MultiHeadAttention(Module):
         t = t.reshape(B, L, parts, self.n_head, self.head_dim)
         return [t[:, :, i].transpose(0, 2, 1, 3) for i in range(parts)]
 
+    def _heads(self, x, start, positions, scratch):
+        """Self-attention's q (B, H, L, d), k and v (B, Hkv, L, d) of x (B, L, C): one GEMM into the
+        [q | k | v] rows, then (rope) the rotary positions on q and k. positions: (L,) or (B, L),
+        default start..start+L-1."""
+        B, L, _ = x.shape
+        H, Hkv, d = self.n_head, self.n_kv_head, self.head_dim
+        rows = self.c_attn(x, out=buffer(scratch, "qkv", (B, L, (H + 2 * Hkv) * d)))
+        if Hkv == H and self.rope is None:
+            return self._split(rows, 3)  # (B, H, L, d) each
+        t = rows.reshape(B, L, H + 2 * Hkv, d)
+        q, k, v = t[:, :, :H], t[:, :, H:H + Hkv], t[:, :, H + Hkv:]  # (B, L, heads, d) views
+        if self.rope is not None:
+            if positions is None:
+                positions = namespace(x).arange(start, start + L)
+            theta, scaling = self.rope["theta"], self.rope["scaling"]
+            qkv.rope(q, positions, theta=theta, scaling=scaling, out=q)  # in place: the rows are ours
+            qkv.rope(k, positions, theta=theta, scaling=scaling, out=k)
+        return [a.transpose(0, 2, 1, 3) for a in (q, k, v)]
+
     def __call__(self, x, *, context=None, mask=None, kv_lengths=None, cache=None, layer=0, return_weights=False,
-                 scratch=None, out=None):
+                 scratch=None, out=None, positions=None):
         """x (B, L, C) -> (B, L, C) [, weights (B, H, L, Lk)].
 
         cache: a KVCache; this call's keys/values are appended at the cache's current length and
@@ -216,7 +272,8 @@ class MultiHeadAttention(Module):
             (q,) = self._split(self.q_attn(x, out=buffer(scratch, "q", (B, L, C))), 1)
             k, v = self._split(self.c_attn(context, out=buffer(scratch, "kv", context.shape[:2] + (2 * C,))), 2)
         else:
-            q, k, v = self._split(self.c_attn(x, out=buffer(scratch, "qkv", (B, L, 3 * C))), 3)  # (B, H, L, d) each
+            start = 0 if cache is None else cache.length  # positions (rope): default start..start+L-1
+            q, k, v = self._heads(x, start, positions, scratch)  # q (B, H, L, d), k and v (B, Hkv, L, d)
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, H, t + L, d) views into the cache
         res = qkv.attention(q, k, v, causal=self.causal and not self.cross, mask=mask, kv_lengths=kv_lengths,
@@ -224,9 +281,9 @@ class MultiHeadAttention(Module):
         y, weights = res if return_weights else (res, None)
         y = y.transpose(0, 2, 1, 3)  # (B, L, H, d); for L == 1 this is already (B, 1, C) in memory
         if scratch is None or L == 1:
-            y = y.reshape(B, L, C)
+            y = y.reshape(B, L, H * d)
         else:
-            flat = scratch("att_rows", (B, L, C))
+            flat = scratch("att_rows", (B, L, H * d))
             namespace(flat).copyto(flat.reshape(B, L, H, d), y)
             y = flat
         y = self.c_proj(y, out=out)  # the heads' Wv_up, stapled: (B, L, C) @ (C, C)
@@ -262,15 +319,18 @@ class MultiHeadAttention(Module):
 
 
 class MLP(Module):
-    """linear -> activation (fused into the first GEMM's epilogue) -> linear."""
+    """linear -> activation (fused into the first GEMM's epilogue) -> linear.
+
+    activation="swiglu" (Llama): c_fc is (C, 2 n_inner), columns [gate | up], and the epilogue
+    makes silu(gate) * up (n_inner wide) before c_proj."""
 
     def __init__(self, n_embd, n_inner, activation="gelu_tanh", bias=True, dtype=np.float32, xp=np):
-        self.c_fc = Linear(n_embd, n_inner, bias, dtype, xp)
+        self.c_fc = Linear(n_embd, 2 * n_inner if activation == "swiglu" else n_inner, bias, dtype, xp)
         self.c_proj = Linear(n_inner, n_embd, bias, dtype, xp)
         self.activation = activation
 
     def __call__(self, x, *, scratch=None, out=None):
-        h = self.c_fc(x, self.activation, out=buffer(scratch, "fc", x.shape[:-1] + self.c_fc.weight.shape[1:]))
+        h = self.c_fc(x, self.activation, out=buffer(scratch, "fc", x.shape[:-1] + self.c_proj.weight.shape[:1]))
         return self.c_proj(h, out=out)
 
     def forward_train(self, x, tape, out=None):
@@ -287,24 +347,34 @@ class Block(Module):
 
     pre_ln=True (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x)).
     pre_ln=False (BERT): ln_1(x + attn(x)), then ln_2(x + mlp(x)).
+    Llama: norm="rms", activation="swiglu", and the attention options n_kv_head, head_dim, rope
+    (MultiHeadAttention); attn_bias / proj_bias for q/k/v and the output projection (default: bias,
+    which then covers the MLP).
     """
 
     def __init__(self, n_embd, n_head, n_inner, eps=1e-5, activation="gelu_tanh", pre_ln=True, causal=True,
-                 bias=True, dtype=np.float32, xp=np):
+                 bias=True, dtype=np.float32, xp=np, norm="layer", n_kv_head=None, head_dim=None, rope=None,
+                 attn_bias=None, proj_bias=None):
+        if norm not in ("layer", "rms"):
+            raise ValueError(f"Block: norm must be 'layer' or 'rms', got {norm!r}")
         self.pre_ln = pre_ln
-        self.ln_1 = LayerNorm(n_embd, eps, dtype, xp)
-        self.attn = MultiHeadAttention(n_embd, n_head, causal=causal, bias=bias, dtype=dtype, xp=xp)
-        self.ln_2 = LayerNorm(n_embd, eps, dtype, xp)
+        Norm = RMSNorm if norm == "rms" else LayerNorm
+        self.ln_1 = Norm(n_embd, eps, dtype, xp)
+        self.attn = MultiHeadAttention(n_embd, n_head, causal=causal, bias=bias if attn_bias is None else attn_bias,
+                                       dtype=dtype, xp=xp, n_kv_head=n_kv_head, head_dim=head_dim, rope=rope,
+                                       proj_bias=bias if proj_bias is None else proj_bias)
+        self.ln_2 = Norm(n_embd, eps, dtype, xp)
         self.mlp = MLP(n_embd, n_inner, activation, bias, dtype, xp)
 
-    def __call__(self, x, *, mask=None, kv_lengths=None, cache=None, layer=0, return_weights=False, scratch=None):
-        """x (B, L, C) -> (B, L, C) [, attention weights (B, H, L, Lk)].
+    def __call__(self, x, *, mask=None, kv_lengths=None, cache=None, layer=0, return_weights=False, scratch=None,
+                 positions=None):
+        """x (B, L, C) -> (B, L, C) [, attention weights (B, H, L, Lk)]. positions: rope's (L,) or (B, L).
 
         With a scratch, x is the caller's residual stream buffer: it is updated in place and
         returned. Without one, x is left untouched and a new array is returned.
         """
         kw = dict(mask=mask, kv_lengths=kv_lengths, cache=cache, layer=layer, return_weights=return_weights,
-                  scratch=scratch, out=buffer(scratch, "proj", x.shape))
+                  scratch=scratch, out=buffer(scratch, "proj", x.shape), positions=positions)
         if self.pre_ln:
             a = self.attn(self.ln_1(x, out=buffer(scratch, "ln", x.shape)), **kw)
             a, w = a if return_weights else (a, None)
