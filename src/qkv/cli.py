@@ -22,7 +22,7 @@ import os
 import sys
 import traceback
 
-COMMANDS = ["info", "demo", "bench", "embed", "similarity", "generate", "inspect", "params", "train"]
+COMMANDS = ["info", "demo", "bench", "embed", "similarity", "search", "generate", "inspect", "params", "train"]
 
 EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGPIPE = 2, 1, 130, 141
 
