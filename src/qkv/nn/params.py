@@ -14,7 +14,8 @@ def count_parameters(config):
     if isinstance(config, LlamaConfig):
         return _count_llama(config)
     if not isinstance(config, (GPTConfig, BertConfig)):
-        raise TypeError(f"count_parameters expects a GPTConfig or BertConfig (or a LlamaConfig), got {type(config).__name__}")
+        raise TypeError(f"count_parameters expects a GPTConfig or BertConfig (or a LlamaConfig), got "
+                        f"{type(config).__name__}")
     C, H, d, inner = config.n_embd, config.n_head, config.head_dim, config.n_inner
     head = {"Wq": C * d, "Wk": C * d, "Wv_down": C * d, "Wv_up": d * C}
     head["total"] = sum(head.values())
