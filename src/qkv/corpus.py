@@ -269,8 +269,8 @@ def done_stats(out, n_chunks):
 
 
 def model_fingerprint(model):
-    """A hash of everything that decides the vectors: weights, tokenizer, max_seq_length."""
-    h = hashlib.sha256()
+    """A hash of everything that decides the vectors: config, weights, tokenizer, max_seq_length."""
+    h = hashlib.sha256(repr(model.config).encode())
     for name, p in model.named_parameters():
         h.update(name.encode())
         h.update(np.ascontiguousarray(p.get() if hasattr(p, "get") else p).tobytes())
