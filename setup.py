@@ -50,6 +50,7 @@ EXTENSIONS = {
     "qkv._cpu._attention": ["csrc/attention.c"],
     "qkv._cpu._embedding": ["csrc/embedding.c"],
     "qkv._cpu._optim": ["csrc/optim.c"],
+    "qkv._cpu._quant": ["csrc/quant.c", "csrc/activation.c"],
 }
 
 

@@ -13,6 +13,7 @@ from qkv._config import get_num_threads, set_num_threads
 from qkv._ops import (attention, attention_backward, cross_entropy, embedding_backward, gelu, gelu_backward,
                       layer_norm, layer_norm_backward, linear, linear_backward, mlp, softmax, softmax_backward)
 from qkv._ops import rms_norm, rms_norm_backward, rope, rope_backward, swiglu, swiglu_backward
+from qkv.quant import QuantizedWeight, quantize_weight  # noqa: E402  (bf16 / int8 weights)
 from qkv import nn  # noqa: E402  (the model API; imports only qkv ops)
 from qkv.nn.params import count_parameters  # noqa: E402
 from qkv import optim  # noqa: E402  (AdamW, clip_grad_norm, cosine_lr)
@@ -38,6 +39,8 @@ __all__ = [
     "mlp",
     "nn",
     "optim",
+    "QuantizedWeight",
+    "quantize_weight",
     "rms_norm",
     "rms_norm_backward",
     "rope",

@@ -14,6 +14,7 @@ import math
 import numbers
 
 from qkv import _backend
+from qkv.quant import QuantizedWeight
 
 _CAUSAL = {False: None, None: None, True: "bottom_right", "bottom_right": "bottom_right", "top_left": "top_left"}
 _ACTIVATIONS = (None, "gelu_tanh", "gelu", "relu")
@@ -218,6 +219,8 @@ def linear(x, weight, bias=None, activation=None, *, out=None, return_preact=Fal
     linear_backward needs for the activation's derivative); without an activation it is y itself.
     """
     op = "linear"
+    if isinstance(weight, QuantizedWeight):
+        return _linear_quantized(x, weight, bias, activation, out, return_preact)
     be = _backend.select(op, {"x": x, "weight": weight, "bias": bias, "out": out})
     _check_float(op, "x", x, be)
     if x.ndim == 0:
@@ -241,6 +244,38 @@ def linear(x, weight, bias=None, activation=None, *, out=None, return_preact=Fal
     if return_preact:
         return be.linear(x, weight, bias, activation, out=out, return_preact=True)
     return be.linear(x, weight, bias, activation, out=out)
+
+
+def _linear_quantized(x, weight, bias, activation, out, return_preact):
+    """linear with a qkv.QuantizedWeight (qkv/quant.py): float32 x, bias and out, on ``cpu``
+    (csrc/quant.c) or ``numpy`` (the reference dequantises and computes in float64)."""
+    op = "linear"
+    be = _backend.select(op, {"x": x, "bias": bias, "out": out})
+    if be.NAME not in ("cpu", "numpy"):
+        raise TypeError(f"{op}: weight is a QuantizedWeight, which runs on the 'cpu' and 'numpy' backends, "
+                        f"not {be.NAME!r}")
+    if weight.axis != 0:
+        raise TypeError(f"{op}: weight is a QuantizedWeight of shape {weight.shape} with its blocks along axis 1 "
+                        "(a transposed view); linear needs blocks along in (axis 0)")
+    if return_preact:
+        raise TypeError(f"{op}: return_preact is for training and needs a float weight, not a QuantizedWeight")
+    for name, a in (("x", x), ("bias", bias), ("out", out)):
+        if a is not None and a.dtype != "float32":
+            raise TypeError(f"{op}: {name} must be float32 with a QuantizedWeight, got {a.dtype}")
+    if x.ndim == 0 or x.shape[-1] != weight.shape[0]:
+        raise ValueError(f"{op}: x of shape {_shape(x)} must have {weight.shape[0]} features for weight of shape "
+                         f"{weight.shape} (in, out)")
+    if bias is not None and _shape(bias) != (weight.shape[1],):
+        raise ValueError(f"{op}: bias must have shape ({weight.shape[1]},), got {_shape(bias)}")
+    _check_nonempty(op, "x", x)
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    out = _check_out(op, out, x.shape[:-1] + (weight.shape[1],), x.dtype, {"x": x, "bias": bias})
+    if be.NAME == "numpy":
+        return be.linear(x, weight, bias, activation, out=out)
+    from qkv.quant import linear_cpu
+
+    return linear_cpu(x, weight, bias, activation, out)
 
 
 def mlp(x, w1, b1, w2, b2, activation="gelu_tanh"):

@@ -156,8 +156,10 @@ def _activate(y, activation):
 
 @_quiet
 def linear(x, weight, bias=None, activation=None, out=None, return_preact=False):
-    """activation(x @ weight + bias), weight (in, out); return_preact: also x @ weight + bias."""
-    y = x.astype(np.float64) @ weight.astype(np.float64)
+    """activation(x @ weight + bias), weight (in, out); return_preact: also x @ weight + bias.
+    A qkv.QuantizedWeight is dequantised (exactly) and multiplied in float64 like any weight."""
+    w = weight.dequantize(np.float64) if hasattr(weight, "dequantize") else weight.astype(np.float64)
+    y = x.astype(np.float64) @ w
     if bias is not None:
         y = y + bias.astype(np.float64)
     out = _emit(_activate(y, activation), x.dtype, out)

