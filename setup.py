@@ -45,6 +45,8 @@ EXTENSIONS = {
     "qkv._cpu._runtime": ["csrc/fma_peak.c"],
     "qkv._cpu._softmax": ["csrc/softmax.c"],
     "qkv._cpu._layernorm": ["csrc/layernorm.c"],
+    "qkv._cpu._rmsnorm": ["csrc/rmsnorm.c"],
+    "qkv._cpu._rope": ["csrc/rope.c"],
     "qkv._cpu._activation": ["csrc/activation.c"],
     "qkv._cpu._linear": ["csrc/activation.c"],
     "qkv._cpu._attention": ["csrc/attention.c"],

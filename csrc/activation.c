@@ -8,6 +8,12 @@ The math (qkv_math.h) is branch-free so the row loops vectorise; they are compil
 AVX2 and baseline (activation.inc). The float erf GELU evaluates in double; the double erf GELU
 calls libm's erfc and does not vectorise.
 
+SwiGLU (qkv.swiglu and the epilogue of qkv.linear(..., activation="swiglu")): out = silu(gate) * up,
+silu(g) = g / (1 + e^-g), with gate and up rows at their own strides (the two halves of the
+linear's [gate | up] GEMM block); backward dgate = dy up silu'(g), dup = dy silu(g), silu'(g) =
+s (1 + g (1 - s)), s = 1/(1 + e), 1 - s = 1/(1 + 1/e), e = e^-g (no cancellation), g clipped to
++-1e4 in the second term, where s (1 - s) is exactly 0, so inf * 0 never makes a NaN.
+
 Backward (qkv.gelu_backward, and the first pass of qkv.linear_backward): dx = dy * act'(x), and on
 request dbias = column sums of dx in the same pass, through fixed row chunks and a fixed-order sum
 of their partial rows (qkv_reduce.h): the same bits for any thread count.
@@ -25,6 +31,7 @@ of their partial rows (qkv_reduce.h): the same bits for any thread count.
 #define GELU_ERF qkv_gelu_erf_f
 #define GELU_TANH_GRAD qkv_gelu_tanh_grad_f
 #define GELU_ERF_GRAD qkv_gelu_erf_grad_f
+#define EXP qkv_expf
 #include "qkv_isa_instances.h"
 #undef T
 #undef SFX
@@ -32,6 +39,7 @@ of their partial rows (qkv_reduce.h): the same bits for any thread count.
 #undef GELU_ERF
 #undef GELU_TANH_GRAD
 #undef GELU_ERF_GRAD
+#undef EXP
 
 #define T double
 #define SFX f64
@@ -39,6 +47,7 @@ of their partial rows (qkv_reduce.h): the same bits for any thread count.
 #define GELU_ERF qkv_gelu_erf_d
 #define GELU_TANH_GRAD qkv_gelu_tanh_grad_d
 #define GELU_ERF_GRAD qkv_gelu_erf_grad_d
+#define EXP qkv_exp
 #include "qkv_isa_instances.h"
 #undef T
 #undef SFX
@@ -46,6 +55,7 @@ of their partial rows (qkv_reduce.h): the same bits for any thread count.
 #undef GELU_ERF
 #undef GELU_TANH_GRAD
 #undef GELU_ERF_GRAD
+#undef EXP
 
 // Rows are split into chunks of about 16K elements so a long single row still uses every thread.
 #define BIAS_ACT_DRIVER(T, SFX)                                                                       \
@@ -121,3 +131,37 @@ BIAS_ACT_DRIVER(double, f64)
 
 ACT_BACKWARD_DRIVER(float, f32)
 ACT_BACKWARD_DRIVER(double, f64)
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU: out (R, N) contiguous = silu(gate) * up, gate / up rows ldg / ldu elements apart
+
+#define SWIGLU_DRIVER(T, SFX)                                                                         \
+    int qkv_swiglu_##SFX(T* out, const T* gate, const T* up, int64_t R, int64_t N, int64_t ldg, int64_t ldu, \
+                         int simd, int n_threads) {                                                   \
+        if (R < 0 || N <= 0 || ldg < N || ldu < N) return QKV_EINVAL;                                 \
+        void (*row)(T*, const T*, const T*, int64_t) =                                                \
+            simd >= QKV_SIMD_AVX512 ? swiglu_row_##SFX##_avx512                                       \
+            : simd == QKV_SIMD_AVX2 ? swiglu_row_##SFX##_avx2 : swiglu_row_##SFX##_scalar;            \
+        const int parallel = n_threads > 1 && R * N >= 16384;                                         \
+        (void)parallel;                                                                               \
+        QKV_OMP(parallel for schedule(static) num_threads(n_threads) if(parallel))                    \
+        for (int64_t r = 0; r < R; r++) row(out + r * N, gate + r * ldg, up + r * ldu, N);            \
+        return QKV_OK;                                                                                \
+    }                                                                                                 \
+    int qkv_swiglu_backward_##SFX(T* dgate, T* dup, const T* dy, const T* gate, const T* up, int64_t R, \
+                                  int64_t N, int simd, int n_threads) {                               \
+        if (R < 0 || N <= 0) return QKV_EINVAL;                                                       \
+        void (*row)(T*, T*, const T*, const T*, const T*, int64_t) =                                  \
+            simd >= QKV_SIMD_AVX512 ? swiglu_backward_row_##SFX##_avx512                              \
+            : simd == QKV_SIMD_AVX2 ? swiglu_backward_row_##SFX##_avx2                                \
+                                    : swiglu_backward_row_##SFX##_scalar;                             \
+        const int parallel = n_threads > 1 && R * N >= 16384;                                         \
+        (void)parallel;                                                                               \
+        QKV_OMP(parallel for schedule(static) num_threads(n_threads) if(parallel))                    \
+        for (int64_t r = 0; r < R; r++)                                                               \
+            row(dgate + r * N, dup + r * N, dy + r * N, gate + r * N, up + r * N, N);                 \
+        return QKV_OK;                                                                                \
+    }
+
+SWIGLU_DRIVER(float, f32)
+SWIGLU_DRIVER(double, f64)

@@ -9,9 +9,11 @@ and calls the kernel with the GIL released, on ``qkv.get_num_threads()`` threads
 import numpy as np
 
 from qkv._cpu import _config
-from qkv._cpu._activation import act_backward_rows, bias_act_rows
+from qkv._cpu._activation import act_backward_rows, bias_act_rows, swiglu_backward_rows, swiglu_rows
 from qkv._cpu._embedding import embedding_backward_rows
 from qkv._cpu._layernorm import layernorm_backward_rows, layernorm_rows
+from qkv._cpu._rmsnorm import rmsnorm_backward_rows, rmsnorm_rows
+from qkv._cpu._rope import rope_rows
 from qkv._cpu._linear import linear_backward_rows, linear_rows
 from qkv._cpu._softmax import cross_entropy_rows, softmax_backward_rows, softmax_rows
 
@@ -196,39 +198,65 @@ from qkv._cpu.attention import attention, attention_backward  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
-# Llama-family ops (arguments validated by qkv._ops). For now the float64 reference, cast back
-# to x's dtype; the compiled kernels replace these.
+# Llama-family ops (arguments validated by qkv._ops): csrc/rmsnorm.c, csrc/rope.c and the SwiGLU
+# rows of csrc/activation.c
 
 
 def rms_norm(x, weight=None, eps=1e-6, out=None, return_stats=False):
-    from qkv import _reference
-
-    r = _reference.rms_norm(x, weight, eps, out=out, return_stats=return_stats)
-    return (r[0], r[1].astype(x.dtype)) if return_stats else r
+    y = _result(out, x.shape, x.dtype)
+    w = None if weight is None else np.ascontiguousarray(weight)
+    rstd = np.empty(x.shape[:-1], x.dtype) if return_stats else None  # in x's dtype (float32/float64)
+    rmsnorm_rows(y.reshape(-1, x.shape[-1]), _rows(x), w, None if rstd is None else rstd.reshape(-1), eps,
+                 _config.simd_level(), _config.get_num_threads())
+    return (y, rstd) if return_stats else y
 
 
 def rms_norm_backward(dy, x, weight=None, rstd=None, eps=1e-6):
-    from qkv import _reference
+    C = x.shape[-1]
+    dx = np.empty(x.shape, x.dtype)
+    dw = None if weight is None else np.empty(C, x.dtype)
+    w = None if weight is None else np.ascontiguousarray(weight)
+    r = None if rstd is None else np.ascontiguousarray(rstd, dtype=x.dtype).reshape(-1)
+    rmsnorm_backward_rows(dx.reshape(-1, C), dw, _rows(dy), _rows(x), w, r, eps, _config.simd_level(),
+                          _config.get_num_threads())
+    return dx, dw
 
-    return _reference.rms_norm_backward(dy, x, weight, rstd, eps)
+
+def _last_axis_contiguous(a):
+    """a itself when its last axis is contiguous and its strides whole elements, else a copy."""
+    if a.strides[-1] == a.itemsize and all(s % a.itemsize == 0 for s in a.strides):
+        return a
+    return np.ascontiguousarray(a)
 
 
 def rope(x, positions, inv_freq, out=None, inverse=False):
-    from qkv import _reference
-
-    return _reference.rope(x, positions, inv_freq, out=out, inverse=inverse)
+    """x (B, L, H, D) read at its own strides (last axis contiguous); out=x rotates in place."""
+    B, L = x.shape[:2]
+    src = _last_axis_contiguous(x)
+    y = np.empty(x.shape, x.dtype) if out is None else out
+    dst = y if y.strides[-1] == y.itemsize else np.empty(x.shape, x.dtype)
+    pos = np.broadcast_to(np.asarray(positions, dtype=np.int64), (B, L))  # (L,) rows: stride 0, no copy
+    rope_rows(dst, src, pos, np.ascontiguousarray(inv_freq, dtype=np.float64), bool(inverse), _config.simd_level(),
+              _config.get_num_threads())
+    if dst is not y:
+        y[...] = dst
+    return y
 
 
 def swiglu(gate, up, out=None):
-    from qkv import _reference
-
-    return _reference.swiglu(gate, up, out=out)
+    y = _result(out, gate.shape, gate.dtype)
+    n = gate.shape[-1] if gate.ndim else 1
+    swiglu_rows(y.reshape(-1, n), _rows(gate.reshape(-1, n)), _rows(up.reshape(-1, n)), _config.simd_level(),
+                _config.get_num_threads())
+    return y
 
 
 def swiglu_backward(dy, gate, up):
-    from qkv import _reference
-
-    return _reference.swiglu_backward(dy, gate, up)
+    dg, du = np.empty(gate.shape, gate.dtype), np.empty(gate.shape, gate.dtype)
+    n = gate.shape[-1] if gate.ndim else 1
+    swiglu_backward_rows(dg.reshape(-1, n), du.reshape(-1, n), _rows(dy.reshape(-1, n)), _rows(gate.reshape(-1, n)),
+                         _rows(up.reshape(-1, n)), _config.simd_level(), _config.get_num_threads())
+    return dg, du
 
 
 # linear(..., activation="swiglu"): rows per GEMM block, so the block's (rows, 2 * inner) product
@@ -268,6 +296,4 @@ def _linear_swiglu(x, weight, bias, out, return_preact):
 
 def _swiglu_into(y, gate, up):
     """y (R, N) C-contiguous = silu(gate) * up, gate and up (R, N) views with contiguous rows."""
-    from qkv import _reference
-
-    _reference.swiglu(gate, up, out=y)
+    swiglu_rows(y, gate, up, _config.simd_level(), _config.get_num_threads())

@@ -10,3 +10,11 @@ cdef extern from "activation.h" nogil:
                              int act, int simd, int n_threads)
     int qkv_act_backward_f64(double* dx, double* dbias, const double* dy, const double* x, int64_t R, int64_t N,
                              int act, int simd, int n_threads)
+    int qkv_swiglu_f32(float* out, const float* gate, const float* up, int64_t R, int64_t N, int64_t ldg,
+                       int64_t ldu, int simd, int n_threads)
+    int qkv_swiglu_f64(double* out, const double* gate, const double* up, int64_t R, int64_t N, int64_t ldg,
+                       int64_t ldu, int simd, int n_threads)
+    int qkv_swiglu_backward_f32(float* dgate, float* dup, const float* dy, const float* gate, const float* up,
+                                int64_t R, int64_t N, int simd, int n_threads)
+    int qkv_swiglu_backward_f64(double* dgate, double* dup, const double* dy, const double* gate,
+                                const double* up, int64_t R, int64_t N, int simd, int n_threads)
