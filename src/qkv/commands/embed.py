@@ -22,6 +22,8 @@ def add_parser(sub):
     p.add_argument("--file", metavar="FILE", help="also embed every non-blank line of FILE ('-' reads stdin)")
     p.add_argument("--model", help="a BERT-family model folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--json", action="store_true", help="print the full vectors as JSON")
+    p.add_argument("--quantize", choices=("bf16", "int8"), default=None,
+                   help="store the weights in bfloat16 or 8-bit blocks (see qkv.quant)")
     c = p.add_argument_group("a corpus (--input FILE --output OUT)")
     c.add_argument("--input", metavar="FILE", help="embed every item of FILE (one text a line, or JSON Lines with --field)")
     c.add_argument("--output", metavar="OUT", help="the folder for embeddings.npy, manifest.json, ids.jsonl")
@@ -102,7 +104,7 @@ def run(args):
         return run_corpus(args)
     texts = list(args.texts) + (read_lines(args.file) if args.file else [])
     texts = nonempty_texts(texts)
-    model = load_encoder(args.model)
+    model = load_encoder(args.model) if not args.quantize else load_encoder(args.model).quantize(args.quantize)
     with progress_bar(total=len(texts), desc="embed", unit="text") as bar:
         parts = []
         for s in range(0, len(texts), CHUNK):

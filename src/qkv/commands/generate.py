@@ -27,6 +27,8 @@ def add_parser(sub):
     p.add_argument("--top-k", type=positive_int, default=None, help="1 = greedy")
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=nonneg_int, default=None)
+    p.add_argument("--quantize", choices=("bf16", "int8"), default=None,
+                   help="store the weights in bfloat16 or 8-bit blocks (faster decode, see qkv.quant)")
     return p
 
 
@@ -59,6 +61,8 @@ def run(args):
     model = load_model(args.model)
     if not isinstance(model, GPT):
         raise CommandError(f"{args.model} is not a GPT-2 model folder")
+    if args.quantize:
+        model.quantize(args.quantize)
     if model.tokenizer is None:
         raise CommandError(f"{args.model} has no tokenizer.json")
     rows = [model.tokenizer.encode(p).ids for p in args.prompt]
