@@ -203,3 +203,95 @@ def test_encoder_refuses_a_gpt_folder(tmp_path):
 
     with pytest.raises(ValueError, match="Encoder.from_pretrained reads a BERT-family encoder"):
         Encoder.from_pretrained(_folder_with(tmp_path))
+
+
+# Llama-family folders (qkv.nn.Llama): the sharded tiny_llama fixture, its config.json and its
+# model.safetensors.index.json made hostile.
+
+LLAMA = Path(__file__).parent / "fixtures" / "tiny_llama"
+LLAMA_CONFIG = json.loads((LLAMA / "config.json").read_text())
+LLAMA_INDEX = json.loads((LLAMA / "model.safetensors.index.json").read_text())
+
+
+def _llama_with(tmp_path, config=None, index=None):
+    d = tmp_path / "llama"
+    if d.exists():
+        shutil.rmtree(d)
+    shutil.copytree(LLAMA, d)
+    if config is not None:
+        (d / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    if index is not None:
+        (d / "model.safetensors.index.json").write_text(index if isinstance(index, str) else json.dumps(index))
+    return d
+
+
+llama_fields = st.sampled_from(["vocab_size", "max_position_embeddings", "num_hidden_layers", "num_attention_heads",
+                                "num_key_value_heads", "hidden_size", "intermediate_size", "head_dim", "rms_norm_eps",
+                                "rope_parameters", "rope_scaling", "rope_theta", "tie_word_embeddings", "hidden_act",
+                                "attention_bias", "mlp_bias", "model_type"])
+llama_values = st.one_of(values, st.dictionaries(st.sampled_from(["rope_type", "factor", "low_freq_factor",
+                                                                  "high_freq_factor", "rope_theta",
+                                                                  "original_max_position_embeddings"]),
+                                                 st.one_of(st.floats(allow_nan=True), st.integers(-10, 10**12),
+                                                           st.sampled_from(["llama3", "default", "yarn"])),
+                                                 max_size=6))
+
+
+@SETTINGS
+@given(changes=st.dictionaries(llama_fields, llama_values, min_size=1, max_size=4), drop=st.booleans())
+@example(changes={"num_hidden_layers": 40265318}, drop=False)
+@example(changes={"model_type": []}, drop=False)  # was a TypeError (unhashable) in the model_type lookup
+@example(changes={"head_dim": 10**12, "num_attention_heads": 1}, drop=False)
+def test_malformed_llama_config(tmp_path, changes, drop):
+    from qkv.nn import Llama
+
+    cfg = dict(LLAMA_CONFIG)
+    cfg.update(changes)
+    if drop:
+        cfg.pop(next(iter(changes)))
+    try:
+        Llama.from_pretrained(_llama_with(tmp_path, cfg))
+    except (ValueError, FileNotFoundError):
+        pass
+
+
+@pytest.mark.parametrize("field", ["vocab_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                   "hidden_size", "intermediate_size", "head_dim"])
+@pytest.mark.parametrize("value", [10**6, 40265318, 2**62])
+def test_huge_llama_config_integers_are_refused_from_the_file(tmp_path, field, value):
+    from qkv.nn import Llama
+
+    cfg = dict(LLAMA_CONFIG, **{field: value})
+    if field in ("num_attention_heads", "num_key_value_heads"):
+        cfg.update(num_attention_heads=value, num_key_value_heads=value, hidden_size=value, head_dim=16)
+    with pytest.raises(ValueError, match="config.json"):
+        Llama.from_pretrained(_llama_with(tmp_path, cfg))
+
+
+def test_huge_llama_context_sizes_nothing(tmp_path):
+    """max_position_embeddings sizes no tensor of a rotary model (nothing is bounded by it); a huge
+    one loads, and generation allocates for the tokens asked, never for the context."""
+    from qkv.nn import Llama
+
+    model = Llama.from_pretrained(_llama_with(tmp_path, dict(LLAMA_CONFIG, max_position_embeddings=2**62)))
+    assert model.generate([3, 4, 5], 4, top_k=1, eos_token_id=None)[0].shape == (7,)
+
+
+@SETTINGS
+@given(index=st.one_of(
+    st.text(max_size=40),
+    st.recursive(st.one_of(st.none(), st.integers(), st.text(max_size=12)),
+                 lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=8), c, max_size=3)),
+                 max_leaves=8),
+    st.dictionaries(st.sampled_from(list(LLAMA_INDEX["weight_map"])),
+                    st.one_of(st.sampled_from(["../x.safetensors", "/etc/passwd", "model-00001-of-00003.safetensors",
+                                               "nope.safetensors", "", ".", "a/b.safetensors"]), st.integers()),
+                    min_size=1, max_size=4).map(lambda m: {"weight_map": {**LLAMA_INDEX["weight_map"], **m}})))
+def test_hostile_safetensors_index(tmp_path, index):
+    from qkv.nn import Llama
+
+    d = _llama_with(tmp_path, index=index if isinstance(index, str) else json.dumps(index))
+    try:
+        Llama.from_pretrained(d)
+    except (ValueError, FileNotFoundError):
+        pass

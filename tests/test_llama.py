@@ -360,6 +360,19 @@ def test_cli_generate_and_params_on_a_llama_folder(capsys):
     assert "(8.03 B)" in capsys.readouterr().out
 
 
+def test_cli_inspect_draws_a_llama_folder(tmp_path, capsys):
+    out = tmp_path / "a.png"
+    assert main(["inspect", "The cat sat", "--model", str(FIX / "tiny_llama"), "--out", str(out)]) == 0
+    assert out.stat().st_size > 0 and "4 heads" in capsys.readouterr().err
+
+
+def test_hooks_are_refused_not_ignored():
+    """Hook points cover GPT and Encoder; on a Llama a hooked run is an error, never a silent plain run."""
+    model = Llama.from_pretrained(FIX / "tiny_llama")
+    with pytest.raises(NotImplementedError, match="Llama has none yet"):
+        model.run_with_cache(REF["tiny_llama.ids"][:, :4])
+
+
 def test_cli_embed_refuses_a_llama_folder(capsys):
     assert main(["embed", "--model", str(FIX / "tiny_qwen2"), "hi"]) == 2
     assert "holds a Qwen2 decoder (model_type 'qwen2'); sentence embeddings need" in capsys.readouterr().err

@@ -78,6 +78,9 @@ class Llama(GPT):
         if window is not None and start + L > window:
             raise ValueError(f"{start + L} tokens exceed the attention window of {window} (sliding-window "
                              "attention is not implemented)")
+        if getattr(self, "_hook_run", None) is not None:
+            raise NotImplementedError("hook points (run_with_cache, run_with_hooks) cover GPT and Encoder; Llama "
+                                      "has none yet")
         xp = self.xp()
         positions = xp.arange(start, start + L) if position_ids is None else position_ids  # (L,) or (B, L)
         x = self.embeddings(ids)  # (B, L, C), the residual stream
