@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Attention forward on the GPU: qkv's CUDA kernels vs a CuPy naive attention vs torch SDPA.
+"""Attention forward and backward on the GPU: qkv's CUDA kernels vs a CuPy naive attention vs torch SDPA.
 
 FlashAttention's benchmark convention: model dim 2048 (H = 2048 / D heads), B * L = 16k tokens,
-TFLOP/s = 4 * B * H * L * L * D / time (halved for causal). float16, bfloat16, float32; D = 64,
-128; L = 1k..16k; causal and not. Timed with CUDA events on the current stream after a warm-up;
-each result is validated against the naive attention (or a slice of it) first.
+TFLOP/s = 4 * B * H * L * L * D / time (halved for causal), the backward counted as 2.5x the
+forward. float16, bfloat16, float32; D = 64, 128; L = 1k..16k; causal and not. Timed with CUDA
+events on the current stream after a warm-up; each result is validated against the naive
+attention (or a slice of it) first. Backward rows (after the forward ones, same budget): qkv's
+attention_backward on the kernels it picks (tensor cores for float16/bfloat16 at D = 64/128) and
+on the CUDA-core pair (set_path("rows")), vs torch SDPA's ``out.backward(dout)`` alone.
 
-    python benchmarks/gpu_attention.py [--quick] [--budget SECONDS] [--out results.json]
+    python benchmarks/gpu_attention.py [--quick] [--budget SECONDS] [--no-backward] [--out results.json]
 """
 
 import argparse
@@ -53,10 +56,81 @@ def naive(cp, q, k, v, causal):
     return cp.matmul(p, v.astype(cp.float32)).astype(q.dtype)
 
 
+def naive_backward(cp, q, k, v, o, dout, causal):
+    """(dq, dk, dv) of softmax(q k^T / sqrt(D)) v in float32 with CuPy ops (materialises P)."""
+    f = [a.astype(cp.float32) for a in (q, k, v, o, dout)]
+    q, k, v, o, dout = f
+    D = q.shape[-1]
+    scale = np.float32(1 / math.sqrt(D))
+    s = cp.matmul(q, cp.swapaxes(k, -1, -2)) * scale
+    if causal:
+        L = q.shape[2]
+        s = cp.where(cp.tri(L, dtype=bool), s, np.float32(-np.inf))
+    p = cp.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    dv = cp.matmul(cp.swapaxes(p, -1, -2), dout)
+    dp = cp.matmul(dout, cp.swapaxes(v, -1, -2))
+    ds = p * (dp - (dout * o).sum(axis=-1, keepdims=True))
+    return cp.matmul(ds, k) * scale, cp.matmul(cp.swapaxes(ds, -1, -2), q) * scale, dv
+
+
+def backward_rows(cp, qkv, torch, has_torch, dtypes, Ls, deadline):
+    """Backward rows: qkv auto (tensor cores where they apply), qkv CUDA cores, torch SDPA backward."""
+    import qkv._cuda as qc
+
+    rows = []
+    rng = cp.random.default_rng(1)
+    for dname in ("bfloat16", "float16", "float32"):
+        for D in (128, 64):
+            for L in Ls:
+                for causal in (False, True):
+                    if time.time() > deadline:
+                        print("budget reached; stopping")
+                        return rows
+                    H, B = 2048 // D, max(1, 16384 // L)
+                    dt = dtypes[dname]
+                    q, k, v, dout = (rng.standard_normal((B, H, L, D), dtype=cp.float32).astype(dt) for _ in range(4))
+                    flops = 2.5 * 4 * B * H * L * L * D / (2 if causal else 1)
+                    row = {"pass": "backward", "dtype": dname, "D": D, "L": L, "B": B, "H": H, "causal": causal,
+                           "qkv_kernels": qc._attention_backward_kernels(q, k, v, dout)}
+                    o, lse = qkv.attention(q, k, v, causal=causal, return_lse=True)
+                    sl = slice(0, 1)  # one (batch, head) against the naive backward
+                    got = qkv.attention_backward(dout[sl, sl], q[sl, sl], k[sl, sl], v[sl, sl], o[sl, sl],
+                                                 lse[sl, sl], causal=causal)
+                    want = naive_backward(cp, q[sl, sl], k[sl, sl], v[sl, sl], o[sl, sl], dout[sl, sl], causal)
+                    errs = [cp.abs(g.astype(cp.float32) - w).max() / (1 + cp.abs(w).max()) for g, w in zip(got, want)]
+                    row["max_rel_err_vs_naive"] = max(float(e) for e in errs)
+                    got = want = None
+                    t = timeit(lambda: qkv.attention_backward(dout, q, k, v, o, lse, causal=causal), cp)
+                    row["qkv_ms"], row["qkv_tflops"] = t * 1e3, flops / t / 1e12
+                    qc.set_path("rows")
+                    try:
+                        t = timeit(lambda: qkv.attention_backward(dout, q, k, v, o, lse, causal=causal), cp, max_reps=5)
+                        row["qkv_cuda_cores_ms"], row["qkv_cuda_cores_tflops"] = t * 1e3, flops / t / 1e12
+                    finally:
+                        qc.set_path("auto")
+                    if has_torch:
+                        tt = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dname]
+                        tq, tk, tv = (torch.as_tensor(x.astype(cp.float32), device="cuda").to(tt).requires_grad_()
+                                      for x in (q, k, v))
+                        tout = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+                        tdout = torch.as_tensor(dout.astype(cp.float32), device="cuda").to(tt)
+                        fn = lambda: tout.backward(tdout, retain_graph=True)  # noqa: E731
+                        t = timeit(fn, cp)
+                        row["torch_sdpa_ms"], row["torch_sdpa_tflops"] = t * 1e3, flops / t / 1e12
+                        tq = tk = tv = tout = tdout = None
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    q = k = v = dout = o = lse = None
+                    cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="L = 1k, 4k only")
     ap.add_argument("--budget", type=float, default=240.0, help="stop starting new configurations after this many seconds")
+    ap.add_argument("--no-backward", action="store_true", help="forward rows only")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -116,8 +190,10 @@ def main():
                     print(json.dumps(row), flush=True)
                     q = k = v = o = e = None  # release before the next size
                     cp.get_default_memory_pool().free_all_blocks()
+    if not args.no_backward:  # the backward gets its own budget after the forward's
+        rows += backward_rows(cp, qkv, torch, has_torch, dtypes, Ls, time.time() + args.budget)
     result = {"info": info, "results": rows}
-    target = [r for r in rows if r["dtype"] == "bfloat16" and r["D"] == 128 and r["L"] == 4096]
+    target = [r for r in rows if r["dtype"] == "bfloat16" and r["D"] == 128 and r["L"] == 4096 and "pass" not in r]
     for r in target:
         print(f"target bf16 D=128 L=4096 causal={r['causal']}: {r['qkv_tflops']:.1f} TFLOP/s "
               f"(goal {350 if r['causal'] else 400}; torch SDPA {r.get('torch_sdpa_tflops', float('nan')):.1f})")

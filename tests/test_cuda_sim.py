@@ -378,10 +378,16 @@ BWD_SHAPES = [  # B, Hq, Hkv, Lq, Lk, D, Dv
 
 
 def run_attention_backward(sim, dout, q, k, v, scale, **kw):
-    """Forward (lse) then the backend's attention_backward; asserts both backward kernels ran."""
+    """Forward (lse) then the backend's attention_backward on the CUDA-core kernels (forced: float16
+    and bfloat16 at D = 64 would take the tensor-core ones, tested in test_cuda_sim_backward_mma.py);
+    asserts both ran."""
     o, lse = qc.attention(q, k, v, scale, return_lse=True, **kw)
     n = len(sim.launches)
-    got = qc.attention_backward(dout, q, k, v, o, lse, scale, **kw)
+    qc.set_path("rows")
+    try:
+        got = qc.attention_backward(dout, q, k, v, o, lse, scale, **kw)
+    finally:
+        qc.set_path("auto")
     names = {name.split("<")[0] for _, name, *_ in sim.launches[n:]}
     assert {"attn_bwd_dq", "attn_bwd_dkdv"} <= names, names
     return got, ref.attention_backward(dout, q, k, v, o, lse, scale, **kw)

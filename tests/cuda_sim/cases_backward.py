@@ -4,6 +4,8 @@ shapes), so the GPU tests have been run before they ever meet a GPU.
 
 Each body takes ``dev`` (host array -> backend array), ``host`` (backend array -> NumPy), the dtype
 name and ``big``; it calls the public qkv ops on the cuda backend and compares with the oracle.
+``attention_backward`` (both attention backward kernel sets) is shared the same way by
+test_cuda_gpu_attention_backward.py and test_cuda_sim_backward_mma.py.
 """
 
 import numpy as np
@@ -120,3 +122,50 @@ def cross_entropy(dev, host, dtype, big):
 
 
 BODIES = [layer_norm_backward, gelu_softmax_backward, linear_backward, embedding_backward, cross_entropy]
+
+
+def attention_backward(dev, host, dtype, big, D=64, path="auto"):
+    """qkv.attention_backward on the kernels the cuda backend picks under ``path`` ("auto": the
+    tensor-core kernels for float16/bfloat16 at D = 64/128, "rows": the CUDA-core pair), over the
+    three causal modes with GQA, tails off every tile, a bool mask with a fully masked row and
+    kv_lengths, and NaN/Inf in keys and values nobody sees: against the oracle, exactly zero dk/dv
+    for hidden keys, zero dq for the empty row, and (big) the same bits on a second run."""
+    import qkv._cuda as qc
+
+    rng = np.random.default_rng(6 + D)
+    B, Hq, Hkv, Lq, Lk = (2, 8, 2, 300, 333) if big else (2, 2, 1, 37, 70)
+    q, k, v = (rand(rng, (B, h, n, D), dtype) for h, n in ((Hq, Lq), (Hkv, Lk), (Hkv, Lk)))
+    dout = rand(rng, (B, Hq, Lq, D), dtype)
+    kvl = np.array([Lk - 4, Lk // 2])
+    k[:, :, Lk - 4:, 1], v[:, :, Lk - 3:, 2] = np.nan, np.inf  # past both kv_lengths
+    k[:, :, 5], v[:, :, 5] = np.inf, np.nan                    # hidden from everyone by the mask
+    mask = rng.random((B, 1, Lq, Lk)) < 0.8
+    mask[..., 5] = False
+    mask[1, 0, 3] = False                                      # a fully masked row
+    expected_kernels = "mma" if dtype != "float32" and D in qc.kernels.ATTN_MMA_DIMS and path != "rows" else "rows"
+    qc.set_path(path)
+    try:
+        for causal in (False, True, "top_left"):
+            mode = {False: None, True: "bottom_right"}.get(causal, causal)
+            with qkv.use_backend("cuda"):
+                dq_, dk_, dv_, dd = (dev(a) for a in (q, k, v, dout))
+                assert qc._attention_backward_kernels(dq_, dk_, dv_, dd) == expected_kernels
+                o, lse = qkv.attention(dq_, dk_, dv_, causal=causal, mask=dev(mask), kv_lengths=dev(kvl),
+                                       return_lse=True)
+                got = qkv.attention_backward(dd, dq_, dk_, dv_, o, lse, causal=causal, mask=dev(mask),
+                                             kv_lengths=dev(kvl))
+                again = qkv.attention_backward(dd, dq_, dk_, dv_, o, lse, causal=causal, mask=dev(mask),
+                                               kv_lengths=dev(kvl)) if big else got
+            want = ref.attention_backward(dout, q, k, v, host(o), host(lse), 1 / np.sqrt(D), causal=mode,
+                                          mask=mask, kv_lengths=kvl)
+            for name, g, w in zip(("dq", "dk", "dv"), got, want):
+                assert g.dtype == _dt(dtype) and g.shape == w.shape, name
+                check(host(g), w, dtype, f"{name} causal={causal} path={path}")
+            dq, dk, dv = (np.asarray(host(a), np.float32) for a in got)
+            assert np.isfinite(dq).all() and not dq[1, :, 3].any()
+            assert not dk[0, :, Lk - 4:].any() and not dv[0, :, Lk - 4:].any()
+            assert not dk[1, :, Lk // 2:].any() and not dv[1, :, Lk // 2:].any()
+            assert not dk[:, :, 5].any() and not dv[:, :, 5].any()
+            assert _bits(host, got) == _bits(host, again)  # no atomics: the same bits every run
+    finally:
+        qc.set_path("auto")

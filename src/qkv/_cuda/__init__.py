@@ -13,7 +13,9 @@ NumPy scalars. Results are fresh CuPy arrays (or ``out``); inputs are never writ
 - the backward ops: layer_norm_backward, gelu_backward, softmax_backward, linear_backward (our
   fused activation-derivative pass, then cuBLAS), embedding_backward, cross_entropy (fused), each
   beside its forward's kernels; their row reductions are deterministic (no atomics);
-  attention_backward: attn_bwd_dq then attn_bwd_dkdv (CUDA cores, every dtype, no atomics).
+  attention_backward: attn_bwd_rowdot, attn_bwd_dq_mma, attn_bwd_dkdv_mma (tensor cores, the
+  shapes attn_mma takes), else attn_bwd_dq then attn_bwd_dkdv (CUDA cores, float32 and every other
+  shape); no atomics either way.
 
 Everything array-shaped goes through ``_runtime()``, an object with ``xp`` (the array module),
 ``launch`` and ``sm_count``. On a GPU that is CuPy; the CPU test harness (tests/cuda_sim)
@@ -547,8 +549,18 @@ def _weights(q, k, scale, causal, mask, kv_lengths):
 # attention backward
 
 
+def _attention_backward_kernels(q, k, v, dout):
+    """The one place the attention backward picks its kernels: "mma" (attn_bwd_rowdot, then
+    attn_bwd_dq_mma and attn_bwd_dkdv_mma; float16/bfloat16 and the layouts attn_mma takes: D = Dv
+    in (64, 128), 8-element strides, 16-byte aligned bases) or "rows" (attn_bwd_dq, then
+    attn_bwd_dkdv; CUDA cores, every dtype and shape). set_path("rows") forces the CUDA-core pair."""
+    if _path != "rows" and _mma_ok(q, k, v, dout) and _runtime().data_ptr(dout) % 16 == 0:
+        return "mma"
+    return "rows"
+
+
 def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, kv_lengths=None):
-    """(dq, dk, dv) of attention on CUDA cores (attn_bwd_dq, then attn_bwd_dkdv; attention.cu).
+    """(dq, dk, dv) of attention (attention.cu's backward kernels, chosen by _attention_backward_kernels).
 
     dout, out (B, Hq, Lq, Dv) and lse (B, Hq, Lq, float32) from the forward; q, k, v keep their
     strides (last axis contiguous). No atomics: the same bits on every run.
@@ -563,11 +575,23 @@ def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, k
     dq = xp.empty((B, Hq, Lq, D), dtype=q.dtype)
     dk = xp.empty((B, Hkv, Lk, D), dtype=q.dtype)
     dv = xp.empty((B, Hkv, Lk, Dv), dtype=q.dtype)
-    drow = xp.empty((B, Hq, Lq), dtype=np.float32)  # D_i = dO_i . O_i, from the first kernel to the second
+    drow = xp.empty((B, Hq, Lq), dtype=np.float32)  # D_i = dO_i . O_i, read by the dq and dk/dv kernels
+    tail = (*_el_strides(q), *_el_strides(k), *_el_strides(v), *(_i64(s) for s in ms))
+    if _attention_backward_kernels(q, k, v, dout) == "mma":
+        rows = kernels.ATTN_BWD_ROWDOT_ROWS
+        rt.launch("attention", kernels.expr("attn_bwd_rowdot", dt), (math.ceil(B * Hq * Lq / rows),), (32 * rows,),
+                  (dout, out, lse, drow, _i32(B * Hq * Lq), _i32(Dv)))
+        shapes = (_i32(Hq), _i32(Hkv), _i32(Lq), _i32(Lk), np.float32(scale), _i32(CAUSAL_CODES[causal])) + tail
+        rt.launch("attention", kernels.expr("attn_bwd_dq_mma", dt, D), (math.ceil(Lq / kernels.ATTN_MMA_BM), Hq, B),
+                  (kernels.ATTN_MMA_THREADS,), (dout, q, k, v, lse, drow, dq, base, _i32(kind), kvl) + shapes,
+                  kernels.attn_bwd_dq_mma_smem(D))
+        rt.launch("attention", kernels.expr("attn_bwd_dkdv_mma", dt, D), (math.ceil(Lk / kernels.ATTN_MMA_BN), Hkv, B),
+                  (kernels.ATTN_MMA_THREADS,), (dout, q, k, v, lse, drow, dk, dv, base, _i32(kind), kvl) + shapes,
+                  kernels.attn_bwd_dkdv_mma_smem(D))
+        return dq, dk, dv
     dmax = next(d for d in kernels.ATTN_ROWS_DMAX if d >= max(D, Dv))
     shapes = (_i32(Hq), _i32(Hkv), _i32(Lq), _i32(Lk), _i32(D), _i32(Dv), np.float32(scale),
-              _i32(CAUSAL_CODES[causal]), *_el_strides(q), *_el_strides(k), *_el_strides(v),
-              *(_i64(s) for s in ms))
+              _i32(CAUSAL_CODES[causal])) + tail
     rows = kernels.ATTN_ROWS_ROWS
     rt.launch("attention", kernels.expr("attn_bwd_dq", dt, dmax), (math.ceil(Lq / rows), Hq, B), (32 * rows,),
               (dout, q, k, v, out, lse, dq, drow, base, _i32(kind), kvl) + shapes)

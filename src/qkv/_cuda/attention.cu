@@ -22,8 +22,11 @@
 //   With split_len < range it is also the split-KV decode kernel: CTA z = split * B + b covers keys
 //   [split * split_len, (split + 1) * split_len) and writes unnormalised partials (acc, m, l).
 // - attn_combine<T>: merges the split partials into o and lse.
-// Backward (the last section): attn_bwd_dq<T, DMAX> and attn_bwd_dkdv<T, DMAX>, CUDA cores, every
-// dtype; P recomputed from the forward's lse, no atomics.
+// Backward (the last two sections), P recomputed from the forward's lse, no atomics:
+// - attn_bwd_rowdot<T> + attn_bwd_dq_mma<T, D> + attn_bwd_dkdv_mma<T, D>: tensor cores, float16 /
+//   bfloat16, D = Dv in {64, 128} (the shapes attn_mma takes);
+// - attn_bwd_dq<T, DMAX> + attn_bwd_dkdv<T, DMAX>: CUDA cores, every dtype and shape (float32 and
+//   the rest). qkv._cuda.attention_backward picks between them (_attention_backward_kernels).
 //
 // Scores never use fast-math exponentials; masked probabilities are exactly 0.
 #include "common.cuh"
@@ -540,5 +543,401 @@ __global__ void __launch_bounds__(128, 4) attn_bwd_dkdv(
         const int d = lane + 32 * t;
         if (d < D) dk[row * D + d] = qkv::from_float<T>(adk[t]);
         if (d < Dv) dv[row * Dv + d] = qkv::from_float<T>(adv[t]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// attention backward on tensor cores (float16 / bfloat16, D = Dv in {64, 128}): FlashAttention-2's
+// backward in three kernels, no atomics, so every run gives the same bits:
+// - attn_bwd_rowdot<T>: drow[i] = D_i = dO_i . O_i (0 where lse = -inf), one warp per row;
+// - attn_bwd_dq_mma<T, D>: a CTA owns 64 queries (4 warps x 16 rows) of one (b, h), Q and dO stay
+//   in shared memory, K/V tiles of 64 keys stream with cp.async double buffering (as attn_mma):
+//   S = Q K^T, dP = dO V^T, dS = P o (dP - D) with P = exp(scale S - lse), dQ += dS K;
+// - attn_bwd_dkdv_mma<T, D>: a CTA owns 64 keys (4 warps x 16 keys) of one (b, kv head), K and V
+//   stay in shared memory, and it walks the query heads of the group in order, then the query
+//   tiles (BQ queries) that may see its keys: S^T = K Q^T, dP^T = V dO^T, dV += P^T dO,
+//   dK += dS^T Q. GQA sums over the group inside the CTA in a fixed order.
+// Every product is ldmatrix + mma.sync m16n8k16 with fp32 accumulation; P and dS are rounded to
+// T as A fragments (as attn_mma rounds P). Hidden pairs get P = dS = 0 by selection, never by
+// multiplying (a NaN score stays out). K and V rows only ever reach their own output rows in
+// attn_bwd_dkdv_mma, so NaN/Inf in a hidden key cannot reach any dk/dv. In attn_bwd_dq_mma, K is
+// the B operand of dS K, where a tensor core turns 0 * Inf into NaN: a tile with hidden pairs and
+// a non-finite K runs dS K on CUDA cores and skips dS = 0 (as attn_mma does for V).
+// Shapes: dout, o, dq (B, Hq, Lq, D) and dk, dv (B, Hkv, Lk, D) contiguous; q, k, v strided as in
+// the forward with 8-element strides and 16-byte aligned bases; lse, drow (B, Hq, Lq) float32.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(128) attn_bwd_rowdot(const T* __restrict__ dout, const T* __restrict__ o,
+                                                       const float* __restrict__ lse, float* __restrict__ drow,
+                                                       int R, int Dv) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const long long r = (long long)blockIdx.x * 4 + warp;
+    if (r >= R) return;                              // whole warps leave: only warp collectives below
+    float s = 0.f;
+    for (int d = lane; d < Dv; d += 32) s += qkv::to_float(dout[r * Dv + d]) * qkv::to_float(o[r * Dv + d]);
+    s = qkv::warp_sum(s);
+    if (lane == 0) drow[r] = lse[r] == qkv::neg_inf() ? 0.f : s;
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(128) attn_bwd_dq_mma(
+    const T* __restrict__ dout, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+    const float* __restrict__ lse, const float* __restrict__ drow, T* __restrict__ dq,
+    const void* __restrict__ mask, int mask_kind, const int* __restrict__ kv_lengths,
+    int Hq, int Hkv, int Lq, int Lk, float scale, int causal,
+    long long qsb, long long qsh, long long qsl, long long ksb, long long ksh, long long ksl,
+    long long vsb, long long vsh, long long vsl, long long msb, long long msh, long long msq, long long msk) {
+    constexpr int BM = 64, BN = 64, LD = D + 8;  // +8 halves per row: conflict-free ldmatrix
+    constexpr int CH = D / 8;                     // 16-byte chunks per row
+    QKV_DYNAMIC_SMEM(smem_raw);
+    T* Qs = reinterpret_cast<T*>(smem_raw);       // [BM][LD]
+    T* dOs = Qs + BM * LD;                        // [BM][LD]
+    T* Ks = dOs + BM * LD;                        // [2][BN][LD]
+    T* Vs = Ks + 2 * BN * LD;                     // [2][BN][LD]
+    float* Ps = reinterpret_cast<float*>(Vs + 2 * BN * LD);  // [4 warps][16][BN]: dS when K is not finite
+    __shared__ int k_bad_flag;
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, qd = lane % 4;        // mma fragment row group / column pair
+    const int m0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z;
+    const int hk = h / (Hq / Hkv);
+    const long long r0 = ((long long)b * Hq + h) * Lq;  // row of (b, h, 0) in dout, lse, drow, dq
+    const T* qb = q + b * qsb + h * qsh;
+    const T* kb = k + b * ksb + hk * ksh;
+    const T* vb = v + b * vsb + hk * vsh;
+    const qkv::MaskRef mref{mask, mask_kind, msb, msh, msq, msk};
+
+    const int kv_len = qkv::batch_kv_len(kv_lengths, b, Lk);
+    const int last_row = min(m0 + BM, Lq) - 1;
+    const int kv_end = qkv::row_key_end(last_row, Lq, kv_len, causal);  // causal tile skipping
+    const int full_end = qkv::row_key_end(m0, Lq, kv_len, causal);      // tiles below need no mask
+    const int nt = (kv_end + BN - 1) / BN;
+
+    auto load_rows = [&](T* dst, const T* src, long long stride, int row0, int end) {
+        for (int c = tid; c < BM * CH; c += 128) {
+            int r = c / CH, cc = c % CH;
+            bool valid = row0 + r < end;
+            const T* p = valid ? src + (row0 + r) * stride + cc * 8 : src;
+            qkv::cp_async16(dst + r * LD + cc * 8, p, valid);
+        }
+    };
+
+    // this thread's two rows (g and g + 8 of the warp's 16): lse, D_i, and whether the row sees any key
+    const int row_w = m0 + warp * 16;
+    float Lr[2], Dr[2];
+    bool live[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int i = row_w + g + 8 * r;
+        Lr[r] = i < Lq ? lse[r0 + i] : qkv::neg_inf();
+        Dr[r] = i < Lq ? drow[r0 + i] : 0.f;
+        live[r] = Lr[r] != qkv::neg_inf();
+    }
+    float acc[D / 8][4];                          // dq / scale: (row g + 8*(e/2), feature n*8 + 2*qd + e%2)
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
+
+    if (nt > 0) {
+        load_rows(Qs, qb, qsl, m0, Lq);
+        load_rows(dOs, dout + r0 * D, D, m0, Lq);
+        load_rows(Ks, kb, ksl, 0, kv_end);
+        load_rows(Vs, vb, vsl, 0, kv_end);
+    }
+    qkv::cp_async_commit();
+
+    for (int t = 0; t < nt; ++t) {
+        const int buf = t & 1, n0 = t * BN;
+        const bool need_mask = mask_kind != 0 || n0 + BN > full_end;  // the same for the whole CTA
+        if (tid == 0) k_bad_flag = 0;             // everyone read last tile's flag before the last barrier
+        if (t + 1 < nt) {                         // prefetch tile t+1 into the other buffer
+            load_rows(Ks + (buf ^ 1) * BN * LD, kb, ksl, n0 + BN, kv_end);
+            load_rows(Vs + (buf ^ 1) * BN * LD, vb, vsl, n0 + BN, kv_end);
+        }
+        qkv::cp_async_commit();
+        qkv::cp_async_wait<1>();                  // tile t (and Q, dO) have landed
+        __syncthreads();
+        const T* Kt = Ks + buf * BN * LD;
+        const T* Vt = Vs + buf * BN * LD;
+
+        // S = Q K^T and dP = dO V^T, 16 rows x 64 keys: s[nb][e] is (row g + 8*(e/2), key nb*8 + 2*qd + e%2)
+        float s[BN / 8][4], dp[BN / 8][4];
+#pragma unroll
+        for (int nb = 0; nb < BN / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[nb][e] = dp[nb][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const int j = lane / 8;
+            unsigned a[4], c[4];
+            qkv::ldsm_x4(a, Qs + (warp * 16 + (j % 2) * 8 + lane % 8) * LD + kk * 16 + (j / 2) * 8);
+            qkv::ldsm_x4(c, dOs + (warp * 16 + (j % 2) * 8 + lane % 8) * LD + kk * 16 + (j / 2) * 8);
+#pragma unroll
+            for (int nb2 = 0; nb2 < BN / 16; ++nb2) {
+                unsigned r[4];
+                qkv::ldsm_x4(r, Kt + (nb2 * 16 + (j / 2) * 8 + lane % 8) * LD + kk * 16 + (j % 2) * 8);
+                qkv::mma_16816<T>(s[2 * nb2], a, r);
+                qkv::mma_16816<T>(s[2 * nb2 + 1], a, r + 2);
+                qkv::ldsm_x4(r, Vt + (nb2 * 16 + (j / 2) * 8 + lane % 8) * LD + kk * 16 + (j % 2) * 8);
+                qkv::mma_16816<T>(dp[2 * nb2], c, r);
+                qkv::mma_16816<T>(dp[2 * nb2 + 1], c, r + 2);
+            }
+        }
+
+        // In a tile with hidden pairs, look for non-finite K first (see the section comment).
+        bool k_bad = false;
+        if (need_mask) {
+            const unsigned short expo = qkv::exponent_bits<T>();
+            for (int c = tid; c < BN * CH; c += 128) {
+                const unsigned short* hb = reinterpret_cast<const unsigned short*>(Kt + (c / CH) * LD + (c % CH) * 8);
+                for (int e = 0; e < 8; ++e)
+                    if ((hb[e] & expo) == expo) k_bad_flag = 1;
+            }
+            __syncthreads();
+            k_bad = k_bad_flag != 0;
+        }
+        // dS = P o (dP - D) into dp; hidden pairs are 0 by selection
+#pragma unroll
+        for (int nb = 0; nb < BN / 8; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = e / 2;
+                float x = s[nb][e] * scale;
+                bool vis = live[r];
+                if (vis && need_mask) {
+                    const int i = row_w + g + 8 * r, jk = n0 + nb * 8 + 2 * qd + (e & 1);
+                    if (jk >= qkv::row_key_end(i, Lq, kv_len, causal)) vis = false;
+                    else {
+                        x = qkv::masked_score<T>(x, mref, b, h, i, jk);
+                        vis = x != qkv::neg_inf();
+                    }
+                }
+                dp[nb][e] = vis ? expf(x - Lr[r]) * (dp[nb][e] - Dr[r]) : 0.f;
+            }
+        }
+
+        if (k_bad) {                              // dQ += dS K on CUDA cores, dS = 0 skipped
+            float* Pw = Ps + warp * 16 * BN;
+#pragma unroll
+            for (int nb = 0; nb < BN / 8; ++nb)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    Pw[(g + (e / 2) * 8) * BN + nb * 8 + 2 * qd + (e & 1)] =
+                        qkv::to_float(qkv::from_float<T>(dp[nb][e]));
+            __syncwarp();
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {             // unrolled: acc stays in registers
+                    const float* prow = Pw + (g + (e / 2) * 8) * BN;
+                    const int c = n * 8 + 2 * qd + (e & 1);
+                    float a = 0.f;
+#pragma unroll 1
+                    for (int jj = 0; jj < BN; ++jj)
+                        if (prow[jj] != 0.f) a += prow[jj] * qkv::to_float(Kt[jj * LD + c]);
+                    acc[n][e] += a;
+                }
+            __syncwarp();
+        } else
+        // dQ += dS K: the dS accumulators of key blocks 2*kb2 and 2*kb2+1 are exactly an A fragment
+#pragma unroll
+        for (int kb2 = 0; kb2 < BN / 16; ++kb2) {
+            unsigned a[4];
+            a[0] = qkv::pack2<T>(dp[2 * kb2][0], dp[2 * kb2][1]);
+            a[1] = qkv::pack2<T>(dp[2 * kb2][2], dp[2 * kb2][3]);
+            a[2] = qkv::pack2<T>(dp[2 * kb2 + 1][0], dp[2 * kb2 + 1][1]);
+            a[3] = qkv::pack2<T>(dp[2 * kb2 + 1][2], dp[2 * kb2 + 1][3]);
+#pragma unroll
+            for (int nd2 = 0; nd2 < D / 16; ++nd2) {
+                unsigned r[4];
+                const int j = lane / 8;
+                qkv::ldsm_x4_trans(r, Kt + (kb2 * 16 + (j % 2) * 8 + lane % 8) * LD + nd2 * 16 + (j / 2) * 8);
+                qkv::mma_16816<T>(acc[2 * nd2], a, r);
+                qkv::mma_16816<T>(acc[2 * nd2 + 1], a, r + 2);
+            }
+        }
+        __syncthreads();                          // dq: everyone is done with buffer buf
+    }
+    qkv::cp_async_wait<0>();
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int i = row_w + g + r * 8;
+        if (i >= Lq) continue;
+        T* row = dq + (r0 + i) * D;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            row[n * 8 + 2 * qd] = qkv::from_float<T>(acc[n][2 * r] * scale);
+            row[n * 8 + 2 * qd + 1] = qkv::from_float<T>(acc[n][2 * r + 1] * scale);
+        }
+    }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(128) attn_bwd_dkdv_mma(
+    const T* __restrict__ dout, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+    const float* __restrict__ lse, const float* __restrict__ drow, T* __restrict__ dk, T* __restrict__ dv,
+    const void* __restrict__ mask, int mask_kind, const int* __restrict__ kv_lengths,
+    int Hq, int Hkv, int Lq, int Lk, float scale, int causal,
+    long long qsb, long long qsh, long long qsl, long long ksb, long long ksh, long long ksl,
+    long long vsb, long long vsh, long long vsl, long long msb, long long msh, long long msq, long long msk) {
+    constexpr int BN = 64, LD = D + 8, CH = D / 8;
+    constexpr int BQ = D <= 64 ? 64 : 32;         // queries per tile (kernels.ATTN_BWD_BQ): registers at D = 128
+    QKV_DYNAMIC_SMEM(smem_raw);
+    T* Ks = reinterpret_cast<T*>(smem_raw);       // [BN][LD]
+    T* Vs = Ks + BN * LD;                         // [BN][LD]
+    T* Qs = Vs + BN * LD;                         // [2][BQ][LD]
+    T* dOs = Qs + 2 * BQ * LD;                    // [2][BQ][LD]
+    float* Ls = reinterpret_cast<float*>(dOs + 2 * BQ * LD);  // [2][BQ] lse of the tile's queries (-inf past Lq)
+    float* Dls = Ls + 2 * BQ;                     // [2][BQ] their D_i
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, qd = lane % 4;
+    const int n0 = blockIdx.x * BN, hk = blockIdx.y, b = blockIdx.z;
+    const int G = Hq / Hkv;
+    const T* kb = k + b * ksb + hk * ksh;
+    const T* vb = v + b * vsb + hk * vsh;
+    const qkv::MaskRef mref{mask, mask_kind, msb, msh, msq, msk};
+
+    // the queries that may see a key of this block: causal j <= i + shift, i.e. i >= n0 - shift
+    const int kv_len = qkv::batch_kv_len(kv_lengths, b, Lk);
+    const long long first = causal ? (long long)n0 - (causal == 1 ? kv_len - Lq : 0) : 0;
+    const int i0 = n0 >= kv_len ? Lq : (int)(first < 0 ? 0 : (first > Lq ? Lq : first));
+    const int ntq = (Lq - i0 + BQ - 1) / BQ;      // query tiles per head
+    const int nt = G * ntq;                       // tile t: head hk * G + t / ntq, queries i0 + (t % ntq) * BQ
+
+    auto load_rows = [&](T* dst, const T* src, long long stride, int row0, int end, int nrows) {
+        for (int c = tid; c < nrows * CH; c += 128) {
+            int r = c / CH, cc = c % CH;
+            bool valid = row0 + r < end;
+            const T* p = valid ? src + (row0 + r) * stride + cc * 8 : src;
+            qkv::cp_async16(dst + r * LD + cc * 8, p, valid);
+        }
+    };
+    auto load_tile = [&](int t, int bf) {
+        const int h = hk * G + t / ntq, m0 = i0 + (t % ntq) * BQ;
+        const long long r0 = ((long long)b * Hq + h) * Lq;
+        load_rows(Qs + bf * BQ * LD, q + b * qsb + h * qsh, qsl, m0, Lq, BQ);
+        load_rows(dOs + bf * BQ * LD, dout + r0 * D, D, m0, Lq, BQ);
+        for (int c = tid; c < BQ; c += 128) {     // plain loads: lse rows are not 16-byte aligned
+            const int i = m0 + c;
+            Ls[bf * BQ + c] = i < Lq ? lse[r0 + i] : qkv::neg_inf();
+            Dls[bf * BQ + c] = i < Lq ? drow[r0 + i] : 0.f;
+        }
+    };
+
+    float adk[D / 8][4], adv[D / 8][4];           // (key g + 8*(e/2) of the warp, feature n*8 + 2*qd + e%2)
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) adk[n][e] = adv[n][e] = 0.f;
+
+    if (nt > 0) {
+        load_rows(Ks, kb, ksl, n0, kv_len, BN);   // keys past kv_len: zeros (nobody sees them)
+        load_rows(Vs, vb, vsl, n0, kv_len, BN);
+        load_tile(0, 0);
+    }
+    qkv::cp_async_commit();
+
+    for (int t = 0; t < nt; ++t) {
+        const int buf = t & 1;
+        const int h = hk * G + t / ntq, m0 = i0 + (t % ntq) * BQ;
+        // every query of the tile sees every key of the block, unmasked (row_key_end grows with i)
+        const bool need_mask = mask_kind != 0 || m0 + BQ > Lq || n0 + BN > qkv::row_key_end(m0, Lq, kv_len, causal);
+        if (t + 1 < nt) load_tile(t + 1, buf ^ 1); // prefetch; buffer buf ^ 1 was released by the last barrier
+        qkv::cp_async_commit();
+        qkv::cp_async_wait<1>();                  // tile t (and K, V) have landed
+        __syncthreads();
+        const T* Qt = Qs + buf * BQ * LD;
+        const T* dOt = dOs + buf * BQ * LD;
+        const float* Lt = Ls + buf * BQ;
+        const float* Dt = Dls + buf * BQ;
+
+        // S^T = K Q^T and dP^T = V dO^T, 16 keys x BQ queries: s[nb][e] is (key g + 8*(e/2), query nb*8 + 2*qd + e%2)
+        float s[BQ / 8][4], dp[BQ / 8][4];
+#pragma unroll
+        for (int nb = 0; nb < BQ / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[nb][e] = dp[nb][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const int j = lane / 8;
+            unsigned a[4], c[4];
+            qkv::ldsm_x4(a, Ks + (warp * 16 + (j % 2) * 8 + lane % 8) * LD + kk * 16 + (j / 2) * 8);
+            qkv::ldsm_x4(c, Vs + (warp * 16 + (j % 2) * 8 + lane % 8) * LD + kk * 16 + (j / 2) * 8);
+#pragma unroll
+            for (int nb2 = 0; nb2 < BQ / 16; ++nb2) {
+                unsigned r[4];
+                qkv::ldsm_x4(r, Qt + (nb2 * 16 + (j / 2) * 8 + lane % 8) * LD + kk * 16 + (j % 2) * 8);
+                qkv::mma_16816<T>(s[2 * nb2], a, r);
+                qkv::mma_16816<T>(s[2 * nb2 + 1], a, r + 2);
+                qkv::ldsm_x4(r, dOt + (nb2 * 16 + (j / 2) * 8 + lane % 8) * LD + kk * 16 + (j % 2) * 8);
+                qkv::mma_16816<T>(dp[2 * nb2], c, r);
+                qkv::mma_16816<T>(dp[2 * nb2 + 1], c, r + 2);
+            }
+        }
+        // P^T into s, dS^T = P^T o (dP^T - D) into dp; hidden pairs are 0 by selection
+#pragma unroll
+        for (int nb = 0; nb < BQ / 8; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int col = nb * 8 + 2 * qd + (e & 1), i = m0 + col;
+                const float L = Lt[col];
+                float x = s[nb][e] * scale;
+                bool vis = L != qkv::neg_inf();   // also false past Lq
+                if (vis && need_mask) {
+                    const int jk = n0 + warp * 16 + g + 8 * (e / 2);
+                    if (jk >= qkv::row_key_end(i, Lq, kv_len, causal)) vis = false;
+                    else {
+                        x = qkv::masked_score<T>(x, mref, b, h, i, jk);
+                        vis = x != qkv::neg_inf();
+                    }
+                }
+                const float p = vis ? expf(x - L) : 0.f;
+                dp[nb][e] = vis ? p * (dp[nb][e] - Dt[col]) : 0.f;
+                s[nb][e] = p;
+            }
+        }
+        // dV += P^T dO and dK += dS^T Q: query blocks 2*kb2, 2*kb2+1 of the accumulators are A fragments
+#pragma unroll
+        for (int kb2 = 0; kb2 < BQ / 16; ++kb2) {
+            unsigned ap[4], ad[4];
+            ap[0] = qkv::pack2<T>(s[2 * kb2][0], s[2 * kb2][1]);
+            ap[1] = qkv::pack2<T>(s[2 * kb2][2], s[2 * kb2][3]);
+            ap[2] = qkv::pack2<T>(s[2 * kb2 + 1][0], s[2 * kb2 + 1][1]);
+            ap[3] = qkv::pack2<T>(s[2 * kb2 + 1][2], s[2 * kb2 + 1][3]);
+            ad[0] = qkv::pack2<T>(dp[2 * kb2][0], dp[2 * kb2][1]);
+            ad[1] = qkv::pack2<T>(dp[2 * kb2][2], dp[2 * kb2][3]);
+            ad[2] = qkv::pack2<T>(dp[2 * kb2 + 1][0], dp[2 * kb2 + 1][1]);
+            ad[3] = qkv::pack2<T>(dp[2 * kb2 + 1][2], dp[2 * kb2 + 1][3]);
+#pragma unroll
+            for (int nd2 = 0; nd2 < D / 16; ++nd2) {
+                unsigned r[4];
+                const int j = lane / 8;
+                qkv::ldsm_x4_trans(r, dOt + (kb2 * 16 + (j % 2) * 8 + lane % 8) * LD + nd2 * 16 + (j / 2) * 8);
+                qkv::mma_16816<T>(adv[2 * nd2], ap, r);
+                qkv::mma_16816<T>(adv[2 * nd2 + 1], ap, r + 2);
+                qkv::ldsm_x4_trans(r, Qt + (kb2 * 16 + (j % 2) * 8 + lane % 8) * LD + nd2 * 16 + (j / 2) * 8);
+                qkv::mma_16816<T>(adk[2 * nd2], ad, r);
+                qkv::mma_16816<T>(adk[2 * nd2 + 1], ad, r + 2);
+            }
+        }
+        __syncthreads();                          // dkdv: everyone is done with buffer buf
+    }
+    qkv::cp_async_wait<0>();
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int jk = n0 + warp * 16 + g + 8 * r;
+        if (jk >= Lk) continue;
+        const long long row = ((long long)b * Hkv + hk) * Lk + jk;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            dk[row * D + n * 8 + 2 * qd] = qkv::from_float<T>(adk[n][2 * r] * scale);
+            dk[row * D + n * 8 + 2 * qd + 1] = qkv::from_float<T>(adk[n][2 * r + 1] * scale);
+            dv[row * D + n * 8 + 2 * qd] = qkv::from_float<T>(adv[n][2 * r]);
+            dv[row * D + n * 8 + 2 * qd + 1] = qkv::from_float<T>(adv[n][2 * r + 1]);
+        }
     }
 }

@@ -23,10 +23,14 @@ OPTIONS = ("--std=c++17",)
 # Attention tiles; shared-memory sizes below must match the kernels' layouts in attention.cu.
 ATTN_MMA_BM, ATTN_MMA_BN, ATTN_MMA_THREADS, ATTN_MMA_DIMS = 64, 64, 128, (64, 128)
 ATTN_ROWS_ROWS, ATTN_ROWS_BN, ATTN_ROWS_THREADS, ATTN_ROWS_DMAX = 4, 32, 128, (64, 128, 256)
+# Tensor-core backward (attn_bwd_dq_mma / attn_bwd_dkdv_mma): the mma tiles above (64 queries x 64
+# keys per dq step, 64 keys per dkdv CTA), query tiles of ATTN_BWD_BQ[D] in dkdv; rowdot: 4 rows a CTA.
+ATTN_BWD_BQ, ATTN_BWD_ROWDOT_ROWS = {64: 64, 128: 32}, 4
 
 # SASS the compile gate requires of a template (prefixes of opcodes), when cuobjdump is available:
 # the tensor-core kernel must really use mma.sync (HMMA), ldmatrix (LDSM, .trans = MT88) and cp.async.
-SASS_REQUIRED = {"attn_mma": ("HMMA.16816.F32", "LDSM.16.M88.4", "LDSM.16.MT88.4", "LDGSTS")}
+_MMA_SASS = ("HMMA.16816.F32", "LDSM.16.M88.4", "LDSM.16.MT88.4", "LDGSTS")
+SASS_REQUIRED = {"attn_mma": _MMA_SASS, "attn_bwd_dq_mma": _MMA_SASS, "attn_bwd_dkdv_mma": _MMA_SASS}
 
 # family -> (file, [(template, dtypes, integer template arguments (one instance per value))])
 FAMILIES = {
@@ -36,6 +40,9 @@ FAMILIES = {
         ("attn_combine", ALL, (None,)),
         ("attn_bwd_dq", ALL, ATTN_ROWS_DMAX),
         ("attn_bwd_dkdv", ALL, ATTN_ROWS_DMAX),
+        ("attn_bwd_rowdot", HALF, (None,)),
+        ("attn_bwd_dq_mma", HALF, ATTN_MMA_DIMS),
+        ("attn_bwd_dkdv_mma", HALF, ATTN_MMA_DIMS),
     ]),
     "softmax": ("softmax.cu", [("softmax_rows", ALL, (None,)), ("softmax_bwd", ALL, (None,)),
                                ("cross_entropy_rows", ALL, (None,))]),
@@ -110,6 +117,19 @@ def attn_mma_smem(D, itemsize=2):
     return (ATTN_MMA_BM + 4 * ATTN_MMA_BN) * (D + 8) * itemsize + ATTN_MMA_BM * ATTN_MMA_BN * 4
 
 
+def attn_bwd_dq_mma_smem(D, itemsize=2):
+    """Dynamic shared memory of attn_bwd_dq_mma<T, D>: Q and dO tiles + double-buffered K and V
+    tiles (rows padded by 8), then a float32 dS tile per warp for tiles whose K holds NaN/Inf."""
+    return (2 * ATTN_MMA_BM + 4 * ATTN_MMA_BN) * (D + 8) * itemsize + ATTN_MMA_BM * ATTN_MMA_BN * 4
+
+
+def attn_bwd_dkdv_mma_smem(D, itemsize=2):
+    """Dynamic shared memory of attn_bwd_dkdv_mma<T, D>: K and V tiles + double-buffered Q and dO
+    tiles of ATTN_BWD_BQ[D] queries (rows padded by 8), then double-buffered lse and D_i (float32)."""
+    bq = ATTN_BWD_BQ[D]
+    return (2 * ATTN_MMA_BN + 4 * bq) * (D + 8) * itemsize + 4 * bq * 4
+
+
 def attn_rows_smem(dmax):
     """Dynamic shared memory of attn_rows<T, DMAX>: K (odd stride), V, Q rows and P, all float32."""
     return 4 * (ATTN_ROWS_BN * (dmax + 1) + ATTN_ROWS_BN * dmax + ATTN_ROWS_ROWS * dmax + ATTN_ROWS_ROWS * ATTN_ROWS_BN)
@@ -123,4 +143,8 @@ def dynamic_smem(name):
         return attn_mma_smem(int(param), 4 if ctype == "float" else 2)
     if template == "attn_rows":
         return attn_rows_smem(int(param))
+    if template == "attn_bwd_dq_mma":
+        return attn_bwd_dq_mma_smem(int(param))
+    if template == "attn_bwd_dkdv_mma":
+        return attn_bwd_dkdv_mma_smem(int(param))
     return 0
