@@ -259,6 +259,8 @@ def linear(x, weight, bias=None, activation=None, out=None, return_preact=False)
     """cuBLAS GEMM (x @ weight through the array module's matmul), then bias + activation in place.
 
     return_preact: the GEMM + bias go to a separate buffer and the activation reads it."""
+    if activation == "swiglu":
+        return _linear_swiglu(x, weight, bias, out, return_preact)
     xp = _runtime().xp
     x2 = _rows_of(x)                                     # (R, in)
     shape = x.shape[:-1] + (weight.shape[1],)
@@ -598,3 +600,122 @@ def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, k
     rt.launch("attention", kernels.expr("attn_bwd_dkdv", dt, dmax), (math.ceil(Lk / rows), Hkv, B), (32 * rows,),
               (dout, q, k, v, lse, drow, dk, dv, base, _i32(kind), kvl) + shapes)
     return dq, dk, dv
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Llama-family ops (arguments validated by qkv._ops): rmsnorm_rows / rmsnorm_bwd (layernorm.cu),
+# rope_rows (rope.cu), swiglu / swiglu_bwd (activation.cu)
+
+
+def rms_norm(x, weight=None, eps=1e-6, out=None, return_stats=False):
+    rt = _runtime()
+    xr = _rows_of(x)
+    R, C = xr.shape
+    y, out = _dest(out, x.shape, x.dtype)
+    rstd = rt.xp.empty(x.shape[:-1], dtype=np.float32) if return_stats else None
+    rt.launch("layernorm", kernels.expr("rmsnorm_rows", _dtype_name(x.dtype)), (R,), (_block_for(C),),
+              (y, rstd, xr, None if weight is None else _contiguous(weight), _i32(R), _i32(C), np.float32(eps)))
+    return (_finish(y, out), rstd) if return_stats else _finish(y, out)
+
+
+def rms_norm_backward(dy, x, weight=None, rstd=None, eps=1e-6):
+    rt = _runtime()
+    xp = rt.xp
+    xr, dyr = _rows_of(x), _rows_of(dy)
+    R, C = xr.shape
+    n_chunks, per = kernels.row_chunks(R)
+    partial = xp.empty((n_chunks, C), dtype=np.float32) if weight is not None else None  # sums of dy * xhat
+    dx = xp.empty(x.shape, dtype=x.dtype)
+    r = None if rstd is None else xp.ascontiguousarray(rstd, dtype=np.float32)
+    rt.launch("layernorm", kernels.expr("rmsnorm_bwd", _dtype_name(x.dtype)), (n_chunks,), (_block_for(C),),
+              (dx, partial, dyr, xr, None if weight is None else _contiguous(weight), r, _i32(R), _i32(C), _i32(per),
+               np.float32(eps)))
+    if weight is None:
+        return dx, None
+    return dx, _sum_partials("layernorm", xp.empty(C, dtype=x.dtype), partial, n_chunks, C, C)
+
+
+_inv_freq_tables = {}  # (runtime, device, bytes) -> the inverse frequencies on the device
+
+
+def _device_table(inv_freq):
+    """qkv._rope.inv_freq's (D/2,) float64 vector on the device, copied once per distinct table."""
+    rt = _runtime()
+    xp = rt.xp
+    dev = xp.cuda.Device().id if hasattr(xp, "cuda") else None
+    key = (id(rt), dev, inv_freq.tobytes())
+    t = _inv_freq_tables.get(key)
+    if t is None:
+        if len(_inv_freq_tables) >= 64:
+            _inv_freq_tables.clear()
+        t = _inv_freq_tables[key] = xp.asarray(np.ascontiguousarray(inv_freq, dtype=np.float64))
+    return t
+
+
+def rope(x, positions, inv_freq, out=None, inverse=False):
+    """x (B, L, H, D) read at its own strides (last axis contiguous); out=x rotates in place."""
+    rt = _runtime()
+    xp = rt.xp
+    B, L, H, D = x.shape
+    if D > 2 * kernels.ROPE_MAX_HALF:
+        raise ValueError(f"rope: the cuda backend takes head dims up to {2 * kernels.ROPE_MAX_HALF}, got x of "
+                         f"shape {tuple(x.shape)}")
+    src = x if x.strides[-1] == x.itemsize else xp.ascontiguousarray(x)
+    y = xp.empty(x.shape, dtype=x.dtype) if out is None else out
+    dst = y if y.strides[-1] == y.itemsize else xp.empty(x.shape, dtype=x.dtype)
+    pos = xp.ascontiguousarray(positions, dtype=np.int64)
+    ps = (0, 1) if pos.ndim == 1 else (L, 1)
+    xs = tuple(s // x.itemsize for s in src.strides[:3])
+    os_ = tuple(s // x.itemsize for s in dst.strides[:3])
+    rt.launch("rope", kernels.expr("rope_rows", _dtype_name(x.dtype)), (B * L,), (_block_for(H * D // 2),),
+              (dst, src, pos, _device_table(inv_freq), _i32(L), _i32(H), _i32(D), *map(_i64, xs), *map(_i64, os_),
+               *map(_i64, ps), _i32(bool(inverse))))
+    if dst is not y:
+        y[...] = dst
+    return y
+
+
+def _swiglu(y, gate, up):
+    """y (R, N) C-contiguous = silu(gate) * up, gate and up (R, N) with contiguous rows."""
+    R, N = y.shape
+    total = R * N
+    blocks = max(1, min(math.ceil(total / 256), 1 << 20))
+    _runtime().launch("activation", kernels.expr("swiglu", _dtype_name(y.dtype)), (blocks,), (256,),
+                      (y, gate, up, _i64(total), _i32(N), _i64(gate.strides[0] // gate.itemsize),
+                       _i64(up.strides[0] // up.itemsize)))
+    return y
+
+
+def swiglu(gate, up, out=None):
+    y, out = _dest(out, gate.shape, gate.dtype)
+    n = gate.shape[-1] if gate.ndim else 1
+    _swiglu(y.reshape(-1, n), _contiguous(gate).reshape(-1, n), _contiguous(up).reshape(-1, n))
+    return _finish(y, out)
+
+
+def swiglu_backward(dy, gate, up):
+    xp = _runtime().xp
+    dg, du = xp.empty(gate.shape, dtype=gate.dtype), xp.empty(gate.shape, dtype=gate.dtype)
+    total = gate.size
+    blocks = max(1, min(math.ceil(total / 256), 1 << 20))
+    _runtime().launch("activation", kernels.expr("swiglu_bwd", _dtype_name(gate.dtype)), (blocks,), (256,),
+                      (dg, du, _contiguous(dy), _contiguous(gate), _contiguous(up), _i64(total)))
+    return dg, du
+
+
+def _linear_swiglu(x, weight, bias, out, return_preact):
+    """weight (K, 2N) = [gate | up]: the cuBLAS GEMM (+ bias) into (R, 2N), then one pass of the
+    SwiGLU epilogue reading it (each element once) into y (R, N)."""
+    xp = _runtime().xp
+    N = weight.shape[1] // 2
+    x2 = _rows_of(x)                                     # (R, K)
+    pre = xp.empty(x.shape[:-1] + (2 * N,), dtype=x.dtype)
+    p2 = pre.reshape(-1, 2 * N)                          # (R, 2N)
+    _matmul(x2, weight, out=p2)
+    if bias is not None:
+        _bias_act(p2, p2, _contiguous(bias), ACTIVATION_CODES[None])
+    y, out = _dest(out, x.shape[:-1] + (N,), x.dtype)
+    _swiglu(y.reshape(-1, N), p2[:, :N], p2[:, N:])
+    y = _finish(y, out)
+    return (y, pre) if return_preact else y

@@ -12,6 +12,11 @@
 // in order. act'(x): GELU tanh s + x s (1 - s) 2u' with s = sigmoid(2u), 1 - s = 1 / (1 + 1/e),
 // e = exp(-2u); GELU erf Phi(x) + x phi(x); x clamped to +-1e4 in the second term, where it is
 // exactly 0, so x^3 * 0 never becomes inf * 0. ReLU passes dy where x > 0, 0 where x <= 0, NaN.
+//
+// SwiGLU (swiglu, swiglu_bwd; Llama's gated MLP): y = silu(gate) * up, silu(g) = g / (1 + e^-g),
+// y (R, N) contiguous, gate / up rows ldg / ldu elements apart (the two halves of the linear's
+// [gate | up] GEMM output, read once); backward dgate = dy up s (1 + g (1 - s)), dup = dy g s, with
+// s = 1/(1 + e), 1 - s = 1/(1 + 1/e), e = e^-g, g clamped to +-1e4 in g (1 - s) (exactly 0 there).
 #include "common.cuh"
 
 __device__ __forceinline__ float qkv_act(float t, int act) {
@@ -68,4 +73,27 @@ __global__ void act_bwd_cols(T* __restrict__ g, float* __restrict__ partial, con
         s += v;
     }
     partial[(long long)blockIdx.x * N + j] = s;
+}
+
+template <typename T>
+__global__ void swiglu(T* __restrict__ y, const T* __restrict__ gate, const T* __restrict__ up, long long total, int N,
+                       long long ldg, long long ldu) {
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total; e += (long long)gridDim.x * blockDim.x) {
+        const long long r = e / N, j = e % N;
+        const float g = qkv::to_float(gate[r * ldg + j]), u = qkv::to_float(up[r * ldu + j]);
+        y[e] = qkv::from_float<T>(g / (1.f + expf(-g)) * u);
+    }
+}
+
+template <typename T>
+__global__ void swiglu_bwd(T* __restrict__ dgate, T* __restrict__ dup, const T* __restrict__ dy,
+                           const T* __restrict__ gate, const T* __restrict__ up, long long total) {
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total; e += (long long)gridDim.x * blockDim.x) {
+        const float d = qkv::to_float(dy[e]), g = qkv::to_float(gate[e]), u = qkv::to_float(up[e]);
+        const float ex = expf(-g);
+        const float s = 1.f / (1.f + ex), sm = 1.f / (1.f + 1.f / ex);
+        const float gc = fminf(fmaxf(g, -1e4f), 1e4f);
+        dgate[e] = qkv::from_float<T>(d * u * (s * (1.f + gc * sm)));
+        dup[e] = qkv::from_float<T>(d * (g * s));
+    }
 }

@@ -27,6 +27,9 @@ ATTN_ROWS_ROWS, ATTN_ROWS_BN, ATTN_ROWS_THREADS, ATTN_ROWS_DMAX = 4, 32, 128, (6
 # keys per dq step, 64 keys per dkdv CTA), query tiles of ATTN_BWD_BQ[D] in dkdv; rowdot: 4 rows a CTA.
 ATTN_BWD_BQ, ATTN_BWD_ROWDOT_ROWS = {64: 64, 128: 32}, 4
 
+# rope_rows keeps cos / sin of D/2 angles in shared memory: head dims up to 2 * ROPE_MAX_HALF (rope.cu)
+ROPE_MAX_HALF = 256
+
 # SASS the compile gate requires of a template (prefixes of opcodes), when cuobjdump is available:
 # the tensor-core kernel must really use mma.sync (HMMA), ldmatrix (LDSM, .trans = MT88) and cp.async.
 _MMA_SASS = ("HMMA.16816.F32", "LDSM.16.M88.4", "LDSM.16.MT88.4", "LDGSTS")
@@ -47,9 +50,12 @@ FAMILIES = {
     "softmax": ("softmax.cu", [("softmax_rows", ALL, (None,)), ("softmax_bwd", ALL, (None,)),
                                ("cross_entropy_rows", ALL, (None,))]),
     "layernorm": ("layernorm.cu", [("layernorm_rows", ALL, (None,)), ("layernorm_bwd", ALL, (None,)),
-                                   ("sum_partials", ALL, (None,))]),
+                                   ("sum_partials", ALL, (None,)), ("rmsnorm_rows", ALL, (None,)),
+                                   ("rmsnorm_bwd", ALL, (None,))]),
     "activation": ("activation.cu", [("bias_act", ALL, (None,)), ("act_bwd", ALL, (None,)),
-                                     ("act_bwd_cols", ALL, (None,)), ("sum_partials", ALL, (None,))]),
+                                     ("act_bwd_cols", ALL, (None,)), ("sum_partials", ALL, (None,)),
+                                     ("swiglu", ALL, (None,)), ("swiglu_bwd", ALL, (None,))]),
+    "rope": ("rope.cu", [("rope_rows", ALL, (None,))]),
     "embedding": ("embedding.cu", [("embedding_gather", ALL, (None,)), ("embedding_bwd", ALL, (None,))]),
     "optim": ("optim.cu", [("adamw", ALL, (None,))]),
 }

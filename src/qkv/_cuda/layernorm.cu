@@ -12,6 +12,11 @@
 // its own partial rows (partial[chunk] = [dweight | dbias], fp32, 2C): column j is always
 // handled by thread j % blockDim.x, so the read-modify-write needs no atomics. sum_partials
 // (common.cuh) then adds the chunks in order: the same bits on every run.
+//
+// RMSNorm (rmsnorm_rows, rmsnorm_bwd; Llama, Qwen, Mistral): y = x * rstd * weight, rstd =
+// 1/sqrt(mean(x^2) + eps), one CTA per row, the sum of squares in fp32; rstd (R,) fp32 on request.
+// Backward per chunk of rows as above: dx = rstd * (g - xhat * mean(g * xhat)), g = dy * weight,
+// xhat = x * rstd; partial[chunk] (C, fp32) sums dy * xhat for dweight (null without a weight).
 #include "common.cuh"
 
 __device__ __forceinline__ float ln_block_sum(float v, float* red) {
@@ -94,6 +99,65 @@ __global__ void layernorm_bwd(T* __restrict__ dx, float* __restrict__ partial, c
             const float d = qkv::to_float(dyr[j]), xh = (qkv::to_float(xr[j]) - m) * rs;
             const float g = weight ? d * qkv::to_float(weight[j]) : d;
             dxr[j] = qkv::from_float<T>(rs * (g - a - xh * b));
+        }
+    }
+}
+
+template <typename T>
+__global__ void rmsnorm_rows(T* __restrict__ y, float* __restrict__ rstd_out, const T* __restrict__ x,
+                             const T* __restrict__ weight, int R, int C, float eps) {
+    __shared__ float red[32];
+    const T* xr = x + (long long)blockIdx.x * C;
+    T* yr = y + (long long)blockIdx.x * C;
+    float ss = 0.f;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        const float v = qkv::to_float(xr[j]);
+        ss += v * v;
+    }
+    const float rstd = 1.f / sqrtf(ln_block_sum(ss, red) / C + eps);
+    if (threadIdx.x == 0 && rstd_out) rstd_out[blockIdx.x] = rstd;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        float t = qkv::to_float(xr[j]) * rstd;
+        if (weight) t *= qkv::to_float(weight[j]);
+        yr[j] = qkv::from_float<T>(t);
+    }
+}
+
+template <typename T>
+__global__ void rmsnorm_bwd(T* __restrict__ dx, float* __restrict__ partial, const T* __restrict__ dy,
+                            const T* __restrict__ x, const T* __restrict__ weight, const float* __restrict__ rstd,
+                            int R, int C, int rows_per, float eps) {
+    __shared__ float red[32];
+    float* pw = partial ? partial + (long long)blockIdx.x * C : nullptr;  // this chunk's sums of dy * xhat
+    if (pw)
+        for (int j = threadIdx.x; j < C; j += blockDim.x) pw[j] = 0.f;
+    const int r0 = blockIdx.x * rows_per, r1 = min(R, r0 + rows_per);
+    for (int r = r0; r < r1; r++) {
+        const T* xr = x + (long long)r * C;
+        const T* dyr = dy + (long long)r * C;
+        float rs;
+        if (rstd) {
+            rs = rstd[r];
+        } else {
+            float ss = 0.f;
+            for (int j = threadIdx.x; j < C; j += blockDim.x) {
+                const float v = qkv::to_float(xr[j]);
+                ss += v * v;
+            }
+            rs = 1.f / sqrtf(ln_block_sum(ss, red) / C + eps);
+        }
+        float sgx = 0.f;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+            const float d = qkv::to_float(dyr[j]), xh = qkv::to_float(xr[j]) * rs;
+            sgx += (weight ? d * qkv::to_float(weight[j]) : d) * xh;
+            if (pw) pw[j] += d * xh;
+        }
+        const float b = ln_block_sum(sgx, red) / C;
+        T* dxr = dx + (long long)r * C;
+        for (int j = threadIdx.x; j < C; j += blockDim.x) {
+            const float d = qkv::to_float(dyr[j]), xh = qkv::to_float(xr[j]) * rs;
+            const float g = weight ? d * qkv::to_float(weight[j]) : d;
+            dxr[j] = qkv::from_float<T>(rs * (g - xh * b));
         }
     }
 }
