@@ -11,6 +11,11 @@ the order PyTorch's torch.optim.AdamW (single-tensor path) writes it:
 The bias corrections are scalars of the step, computed once by the caller in double. Each element
 is independent: OpenMP splits the range in static chunks and the result has the same bits for any
 thread count. The loop is compiled for AVX-512, AVX2 and the baseline (sqrt and divide vectorise).
+
+Also here: the sum of squares of a gradient in double (qkv.optim.clip_grad_norm's global norm),
+without a float64 copy of it. The range is cut into 64 chunks that depend on n only, each summed
+in order into its own partial, the partials added in chunk order: the same bits for any thread
+count.
 */
 #include <math.h>
 #include "qkv_common.h"
@@ -61,3 +66,25 @@ ADAMW_LOOP(double, sqrt, adamw_f64_scalar)
 
 ADAMW_DRIVER(float, f32)
 ADAMW_DRIVER(double, f64)
+
+#define SUMSQ_CHUNKS 64
+#define SUMSQ_DRIVER(T, SFX)                                                                          \
+    double qkv_sumsq_##SFX(const T* x, int64_t n, int n_threads) {                                    \
+        double part[SUMSQ_CHUNKS];                                                                    \
+        const int64_t per = (n + SUMSQ_CHUNKS - 1) / SUMSQ_CHUNKS;                                    \
+        (void)n_threads;                                                                              \
+        QKV_OMP(parallel for schedule(static) num_threads(n_threads) if (n_threads > 1 && n >= 65536)) \
+        for (int c = 0; c < SUMSQ_CHUNKS; c++) {                                                      \
+            const int64_t i0 = c * per < n ? c * per : n, i1 = (c + 1) * per < n ? (c + 1) * per : n; \
+            double s = 0;                                                                             \
+            QKV_SIMD_LOOP(reduction(+:s))                                                             \
+            for (int64_t i = i0; i < i1; i++) s += (double)x[i] * (double)x[i];                       \
+            part[c] = s;                                                                              \
+        }                                                                                             \
+        double total = 0;                                                                             \
+        for (int c = 0; c < SUMSQ_CHUNKS; c++) total += part[c];                                      \
+        return total;                                                                                 \
+    }
+
+SUMSQ_DRIVER(float, f32)
+SUMSQ_DRIVER(double, f64)

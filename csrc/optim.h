@@ -8,4 +8,7 @@ int qkv_adamw_f32(float* p, const float* g, float* m, float* v, int64_t n, doubl
                   double step_size, double bc2_sqrt, double decay, int simd, int n_threads);
 int qkv_adamw_f64(double* p, const double* g, double* m, double* v, int64_t n, double beta1, double beta2,
                   double eps, double step_size, double bc2_sqrt, double decay, int simd, int n_threads);
+// the sum of x[i]^2 over n elements, in double; the same bits for any thread count
+double qkv_sumsq_f32(const float* x, int64_t n, int n_threads);
+double qkv_sumsq_f64(const double* x, int64_t n, int n_threads);
 #endif

@@ -95,7 +95,8 @@ def gpt_forward(model, ids, edits=None):
     hp = _Points(edits)
     B, L = ids.shape
     emb = model.embeddings
-    x = hp("hook_embed", host(emb.wte)[ids]) + hp("hook_pos_embed", np.broadcast_to(host(emb.wpe)[:L], (B, L, emb.wte.shape[1])).copy())
+    pos = np.broadcast_to(host(emb.wpe)[:L], (B, L, emb.wte.shape[1])).copy()
+    x = hp("hook_embed", host(emb.wte)[ids]) + hp("hook_pos_embed", pos)
     keep = np.tril(np.ones((L, L), bool))[None, None]
     for i, blk in enumerate(model.h):
         p = f"blocks.{i}."
@@ -119,7 +120,8 @@ def encoder_forward(model, ids, attention_mask, edits=None):
     B, L = ids.shape
     emb = model.embeddings
     C = emb.wte.shape[1]
-    x = (hp("hook_embed", host(emb.wte)[ids]) + hp("hook_pos_embed", np.broadcast_to(host(emb.wpe)[:L], (B, L, C)).copy())
+    pos = np.broadcast_to(host(emb.wpe)[:L], (B, L, C)).copy()
+    x = (hp("hook_embed", host(emb.wte)[ids]) + hp("hook_pos_embed", pos)
          + hp("hook_token_type_embed", np.broadcast_to(host(emb.wtt)[0], (B, L, C)).copy()))
     x = hp("ln_embed.hook_normalized", layer_norm(x, model.ln_embed.weight, model.ln_embed.bias, model.ln_embed.eps))
     keep = np.asarray(attention_mask, bool)[:, None, None, :]

@@ -542,3 +542,93 @@ def test_layer_norm_return_stats_with_out(backend, dtype):
     y, m, r = qkv.layer_norm(x, out=out, return_stats=True)
     assert y is out
     np.testing.assert_array_equal(out, qkv.layer_norm(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# out=: the caller's buffers (a training step reuses them), the same bits as fresh results
+
+
+def test_out_buffers_give_the_same_bits(backend, dtype):
+    """Every backward op with out= writes the fresh call's bits into the given arrays (filled with
+    NaN first, so a skipped element shows) and returns those arrays; cross_entropy's dlogits can
+    replace the logits in place."""
+    rng = RNG(90)
+    x = rng.standard_normal((2, 5, 24)).astype(dtype)
+    dy = rng.standard_normal((2, 5, 24)).astype(dtype)
+    w, b = rng.standard_normal(24).astype(dtype), rng.standard_normal(24).astype(dtype)
+    W = rng.standard_normal((24, 16)).astype(dtype)
+    WT = np.asfortranarray(W)  # a transposed torch weight: dweight comes in its (Fortran) order
+    g16 = rng.standard_normal((2, 5, 16)).astype(dtype)
+    _, pre = qkv.linear(x, W, b[:16], "gelu_tanh", return_preact=True)
+    _, m, r = qkv.layer_norm(x, w, b, return_stats=True)
+    ids = rng.integers(0, 7, (2, 5))
+
+    def nans(*shape, order="C"):
+        return np.full(shape, np.nan, dtype, order=order)
+
+    def same(got, want, outs):
+        for g, e, o in zip(got, want, outs):
+            if o is None:
+                continue
+            assert g is o
+            np.testing.assert_array_equal(g, e)
+
+    outs = (nans(2, 5, 24), nans(24), nans(24))
+    same(qkv.layer_norm_backward(dy, x, w, b, mean=m, rstd=r, out=outs),
+         qkv.layer_norm_backward(dy, x, w, b, mean=m, rstd=r), outs)
+    outs = (nans(2, 5, 24), None, nans(24))  # dweight allocated
+    same(qkv.layer_norm_backward(dy, x, w, b, out=outs), qkv.layer_norm_backward(dy, x, w, b), outs)
+    out = nans(2, 5, 24)
+    assert qkv.gelu_backward(dy, x, "none", out=out) is out
+    np.testing.assert_array_equal(out, qkv.gelu_backward(dy, x, "none"))
+    for weight in (W, WT):
+        outs = (nans(2, 5, 24), nans(24, 16, order="F" if weight is WT else "C"), nans(16))
+        work = nans(2, 5, 16)
+        same(qkv.linear_backward(g16, x, weight, b[:16], "gelu_tanh", preact=pre, out=outs, work=work),
+             qkv.linear_backward(g16, x, weight, b[:16], "gelu_tanh", preact=pre), outs)
+    out = nans(7, 24)
+    assert qkv.embedding_backward(dy, ids, 7, out=out) is out
+    np.testing.assert_array_equal(out, qkv.embedding_backward(dy, ids, 7))
+    logits = 4 * x
+    t = ids.copy()
+    t[1, 2] = -1
+    want_loss, want = qkv.cross_entropy(logits, t, return_grad=True)
+    inplace = logits.copy()
+    loss, got = qkv.cross_entropy(inplace, t, return_grad=True, out=inplace)
+    assert got is inplace and loss == want_loss
+    np.testing.assert_array_equal(got, want)
+    q, k, v = (rng.standard_normal((1, 2, 6, 8)).astype(dtype) for _ in range(3))
+    o, lse = qkv.attention(q, k, v, causal=True, return_lse=True)
+    do = rng.standard_normal(o.shape).astype(dtype)
+    outs = (nans(1, 2, 6, 8), None, nans(1, 2, 6, 8))
+    same(qkv.attention_backward(do, q, k, v, o, lse, causal=True, grads_out=outs),
+         qkv.attention_backward(do, q, k, v, o, lse, causal=True), outs)
+
+
+def test_out_buffer_errors():
+    f = np.float32
+    x, dy, W = np.zeros((4, 3), f), np.zeros((4, 5), f), np.zeros((3, 5), f)
+    with pytest.raises(TypeError, match=r"linear_backward: out must be a tuple \(dx, dweight, dbias\)"):
+        qkv.linear_backward(dy, x, W, out=np.zeros((4, 3), f))
+    with pytest.raises(ValueError, match=r"out\[1\] \(dweight\) has shape \(5, 3\) and dtype float32; expected "
+                                         r"\(3, 5\) float32"):
+        qkv.linear_backward(dy, x, W, out=(None, np.zeros((5, 3), f), None))
+    with pytest.raises(ValueError, match=r"out\[1\] \(dweight\) must be F-contiguous"):
+        qkv.linear_backward(dy, x, np.asfortranarray(W), out=(None, np.zeros((3, 5), f), None))
+    with pytest.raises(ValueError, match=r"out\[2\] \(dbias\) must be None: that gradient is not computed"):
+        qkv.linear_backward(dy, x, W, out=(None, None, np.zeros(5, f)))
+    with pytest.raises(ValueError, match=r"out\[0\] \(dx\) overlaps x"):
+        qkv.linear_backward(dy, x, W, out=(x, None, None))
+    shared = np.zeros((2, 4, 3), f)
+    with pytest.raises(ValueError, match=r"out\[1\] \(dweight\) overlaps dx"):
+        qkv.layer_norm_backward(x, x, np.ones(3, f), out=(shared[0], shared[0, 1], None))
+    with pytest.raises(ValueError, match=r"work has shape \(4, 3\)"):
+        qkv.linear_backward(dy, x, W, activation="gelu_tanh", preact=dy, work=np.zeros((4, 3), f))
+    with pytest.raises(ValueError, match="gelu_backward: out must be C-contiguous"):
+        qkv.gelu_backward(x, x, out=np.zeros((3, 4), f).T)
+    with pytest.raises(ValueError, match="embedding_backward: out has shape"):
+        qkv.embedding_backward(x, np.zeros(4, np.int64), 2, out=np.zeros((3, 3), f))
+    with pytest.raises(ValueError, match="cross_entropy: out= is the destination of dlogits; it needs return_grad"):
+        qkv.cross_entropy(dy, np.zeros(4, np.int64), out=dy)
+    with pytest.raises(ValueError, match="cross_entropy: out overlaps logits"):
+        qkv.cross_entropy(dy, np.zeros(4, np.int64), return_grad=True, out=dy[:, :])

@@ -106,9 +106,8 @@ def test_activation_patching_against_hand(run):
     assert set(both) == {"hook_resid_pre", "hook_attn_out"}
     # patching the whole clean stream at layer 0, position by position: the last position carries it all
     clean_metric = metric(model(clean))
-    np.testing.assert_allclose(both["hook_resid_pre"][1, -1],
-                               metric(model.run_with_hooks(corrupt, hooks={"blocks.1.hook_resid_pre": _last(model, clean)})),
-                               atol=1e-5)
+    patched = model.run_with_hooks(corrupt, hooks={"blocks.1.hook_resid_pre": _last(model, clean)})
+    np.testing.assert_allclose(both["hook_resid_pre"][1, -1], metric(patched), atol=1e-5)
     assert np.isfinite(clean_metric)
 
 

@@ -3,6 +3,7 @@ fixture, and against finite differences of the float64 forward), and 10 AdamW st
 torch's loss trajectory. Fixture: tests/fixtures/make_train_fixture.py."""
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 import qkv
 from qkv.nn import GPT, GPTConfig
-from qkv.optim import AdamW
+from qkv.optim import AdamW, clip_grad_norm
 
 FIXTURE = Path(__file__).parent / "fixtures" / "train_gpt.npz"
 
@@ -142,12 +143,48 @@ def test_work_buffers_are_reused_and_inputs_unchanged():
     before = {n: p.copy() for n, p in model.named_parameters()}
     with qkv.use_backend("numpy"):
         l1, g1 = model.value_and_grad(ids, targets)
+        g1 = {k: g.copy() for k, g in g1.items()}  # the next call overwrites the gradient buffers
         bufs = {k: id(v) for k, v in model._tape.scratch._bufs.items()}
         l2, g2 = model.value_and_grad(ids, targets)
     assert bufs and {k: id(v) for k, v in model._tape.scratch._bufs.items()} == bufs
     assert l1 == l2 and all(np.array_equal(g1[k], g2[k]) for k in g1)
     assert all(np.array_equal(before[n], p) for n, p in model.named_parameters())
     assert ids.tolist() == [[1, 2, 3, 4]] and targets.tolist() == [[2, 3, 4, 5]]
+
+
+def test_a_training_step_after_the_first_allocates_no_large_array():
+    """value_and_grad + clip_grad_norm + AdamW.step on the cpu backend: after a warm-up step, the
+    activations, the backward's intermediates, the gradients (the logits' one in place of the
+    logits) and the norm live in reused buffers. NumPy reports its data allocations to tracemalloc;
+    the peak of everything traced during a step stays under half of one (B, T, C) activation (what
+    remains is O(B T) statistics and Python objects), where a step that allocated would reach
+    megabytes (the gradients alone are 6.9 MB)."""
+    reason = cpu_attention_backward_reason()
+    if reason:
+        pytest.skip(reason)
+    B, T, C = 2, 32, 256
+    cfg = GPTConfig(vocab_size=512, block_size=T, n_layer=2, n_head=4, n_embd=C)
+    model = GPT(cfg).init_weights(0)
+    opt = AdamW(model.named_parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    ids, targets = rng.integers(0, 512, (B, T)), rng.integers(0, 512, (B, T))
+
+    def step():
+        loss, grads = model.value_and_grad(ids, targets)
+        clip_grad_norm(grads, 1.0)
+        opt.step(grads)
+        return loss
+
+    with qkv.use_backend("cpu"):
+        first = step()
+        tracemalloc.start()
+        try:
+            second = step()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert second < first  # it learns
+    assert peak < B * T * C * 4 // 2, f"a step allocated {peak} bytes at its peak"
 
 
 def test_value_and_grad_errors():

@@ -365,9 +365,10 @@ def attention(q, k, v, *, causal=False, mask=None, kv_lengths=None, scale=None, 
 # backward ops: the gradients of the ops above, and the fused cross-entropy
 #
 # Each takes the upstream gradient first and what its forward saw, validates once, and returns
-# fresh arrays (inputs are never modified). Gradients of parameters that were None come back as
-# None. Row reductions (dweight, dbias, the embedding scatter, the loss) are deterministic: the
-# same bits whatever the thread count.
+# fresh arrays (inputs are never modified), or fills the caller's buffers given as ``out=`` (a
+# training loop reuses them from step to step; an entry of None is allocated). Gradients of
+# parameters that were None come back as None. Row reductions (dweight, dbias, the embedding
+# scatter, the loss) are deterministic: the same bits whatever the thread count.
 
 
 def _stats_dtype(dtype):
@@ -386,6 +387,65 @@ def _check_like(op, name, a, ref_name, ref):
         raise TypeError(f"{op}: {name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}")
 
 
+def _check_result(op, name, a, shape, dtype, inputs, fortran=False):
+    """A caller's destination for one backward result: an array of this shape and dtype,
+    C-contiguous (F-contiguous with fortran=True), writeable, overlapping no input; None passes."""
+    if a is None:
+        return None
+    if _backend.array_kind(a) is None:
+        raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
+    if _shape(a) != tuple(shape) or a.dtype != dtype:
+        raise ValueError(f"{op}: {name} has shape {_shape(a)} and dtype {a.dtype}; expected {tuple(shape)} {dtype}")
+    if not (a.flags.f_contiguous if fortran else a.flags.c_contiguous) or not a.flags.writeable:
+        raise ValueError(f"{op}: {name} must be {'F' if fortran else 'C'}-contiguous and writeable")
+    xp = _namespace(a)
+    for iname, b in inputs.items():
+        if b is not None and xp.shares_memory(a, b):
+            raise ValueError(f"{op}: {name} overlaps {iname}; pass a separate buffer")
+    return a
+
+
+def _check_results(op, out, specs, inputs):
+    """out=: None, or a tuple with one destination (or None) per result; specs: (name, shape or None
+    when that result is None, dtype, fortran) per result. Destinations overlap no input and no
+    other destination."""
+    if out is None:
+        return None
+    if not isinstance(out, (tuple, list)) or len(out) != len(specs):
+        names = ", ".join(s[0] for s in specs)
+        raise TypeError(f"{op}: out must be a tuple ({names}) of arrays or None, got {type(out).__name__}")
+    checked = []
+    for i, (a, (name, shape, dtype, fortran)) in enumerate(zip(out, specs)):
+        if a is not None and shape is None:
+            raise ValueError(f"{op}: out[{i}] ({name}) must be None: that gradient is not computed")
+        others = {**inputs, **{s[0]: b for s, b in zip(specs, checked)}}
+        checked.append(None if shape is None else _check_result(op, f"out[{i}] ({name})", a, shape, dtype, others,
+                                                                fortran))
+    return tuple(checked)
+
+
+def _backward(be, name, out, *args, out_kw="out", **kw):
+    """Call the backward op ``name`` of backend ``be``. A backend with BACKWARD_OUT writes into the
+    destinations itself (passed as ``out_kw``); for the others (the float64 oracle, cuda) the fresh
+    results are copied into them."""
+    fn = getattr(be, name)
+    if getattr(be, "BACKWARD_OUT", False):
+        return fn(*args, **kw) if out is None else fn(*args, **{out_kw: out}, **kw)
+    kw.pop("work", None)
+    return fn(*args, **kw) if out is None else _fill(out, fn(*args, **kw))
+
+
+def _fill(out, res):
+    """Copy fresh results into the destinations given (an array, or a tuple with None entries)."""
+    if not isinstance(out, tuple):
+        _namespace(out).copyto(out, res)
+        return out
+    for o, r in zip(out, res):
+        if o is not None:
+            _namespace(o).copyto(o, r)
+    return tuple(r if o is None else o for o, r in zip(out, res))
+
+
 def _check_int_array(op, name, a, shape):
     if _backend.array_kind(a) is None:
         raise TypeError(f"{op}: {name} must be an integer array of shape {shape}, got {type(a).__name__}")
@@ -395,13 +455,14 @@ def _check_int_array(op, name, a, shape):
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {_shape(a)}")
 
 
-def layer_norm_backward(dy, x, weight=None, bias=None, eps=1e-5, *, mean=None, rstd=None):
+def layer_norm_backward(dy, x, weight=None, bias=None, eps=1e-5, *, mean=None, rstd=None, out=None):
     """Gradients of :func:`layer_norm`: ``(dx, dweight, dbias)``.
 
     dy and x are (..., C); weight and bias (C,) or None, as given to the forward (bias is only
     looked at for whether it exists: its gradient is the column sum of dy). mean and rstd are the
     statistics from ``layer_norm(..., return_stats=True)``; without them they are recomputed from
-    x and eps. dweight / dbias are None when weight / bias are.
+    x and eps. dweight / dbias are None when weight / bias are. ``out=(dx, dweight, dbias)``:
+    C-contiguous destinations (each may be None: allocated; None where the parameter is None).
     """
     op = "layer_norm_backward"
     be = _backend.select(op, {"dy": dy, "x": x, "weight": weight, "bias": bias, "mean": mean, "rstd": rstd})
@@ -416,11 +477,17 @@ def layer_norm_backward(dy, x, weight=None, bias=None, eps=1e-5, *, mean=None, r
                 raise ValueError(f"{op}: {name} must be a float array of shape {_shape(x)[:-1]} for x of shape "
                                  f"{_shape(x)}, got {_shape(s)} {s.dtype}")
         mean, rstd = (s if s.dtype == sd else s.astype(sd) for s in (mean, rstd))
-    return be.layer_norm_backward(dy, x, weight, bias, eps, mean=mean, rstd=rstd)
+    C = x.shape[-1]
+    out = _check_results(op, out, (("dx", x.shape, x.dtype, False),
+                                   ("dweight", None if weight is None else (C,), x.dtype, False),
+                                   ("dbias", None if bias is None else (C,), x.dtype, False)),
+                         {"dy": dy, "x": x, "weight": weight, "bias": bias, "mean": mean, "rstd": rstd})
+    return _backward(be, "layer_norm_backward", out, dy, x, weight, bias, eps, mean=mean, rstd=rstd)
 
 
-def gelu_backward(dy, x, approximate="tanh"):
-    """Gradient of :func:`gelu`: ``dy * gelu'(x)`` for the same ``approximate`` form."""
+def gelu_backward(dy, x, approximate="tanh", *, out=None):
+    """Gradient of :func:`gelu`: ``dy * gelu'(x)`` for the same ``approximate`` form (into ``out``,
+    a C-contiguous array like x, when given)."""
     op = "gelu_backward"
     be = _backend.select(op, {"dy": dy, "x": x})
     _check_float(op, "x", x, be)
@@ -428,7 +495,8 @@ def gelu_backward(dy, x, approximate="tanh"):
         raise ValueError(f"{op}: approximate must be 'tanh' or 'none', got {approximate!r}")
     _check_nonempty(op, "x", x)
     _check_like(op, "dy", dy, "x", x)
-    return be.gelu_backward(dy, x, approximate)
+    out = _check_result(op, "out", out, x.shape, x.dtype, {"dy": dy, "x": x})
+    return _backward(be, "gelu_backward", out, dy, x, approximate)
 
 
 def softmax_backward(dy, y, axis=-1, *, scale=1.0):
@@ -455,7 +523,7 @@ def softmax_backward(dy, y, axis=-1, *, scale=1.0):
     return xp.moveaxis(dx, -1, axis)
 
 
-def linear_backward(dy, x, weight, bias=None, activation=None, *, preact=None):
+def linear_backward(dy, x, weight, bias=None, activation=None, *, preact=None, out=None, work=None):
     """Gradients of :func:`linear`: ``(dx, dweight, dbias)``.
 
     dy (..., out) is the gradient of the output; x (..., in) and weight (in, out) as in the
@@ -464,6 +532,10 @@ def linear_backward(dy, x, weight, bias=None, activation=None, *, preact=None):
     computes g = dy * activation'(preact) and the column sums dbias, then dx = g @ weight.T and
     dweight = x.T @ g are two GEMMs. dweight has weight's memory order (C, or Fortran for a
     transposed PyTorch weight).
+
+    ``out=(dx, dweight, dbias)``: destinations (each may be None: allocated), dx C-contiguous,
+    dweight in weight's memory order. ``work``: a C-contiguous scratch array like dy for g (so that
+    the call allocates nothing; otherwise g is allocated per call), its contents left unspecified.
     """
     op = "linear_backward"
     be = _backend.select(op, {"dy": dy, "x": x, "weight": weight, "bias": bias, "preact": preact})
@@ -492,15 +564,25 @@ def linear_backward(dy, x, weight, bias=None, activation=None, *, preact=None):
         _check_like(op, "preact", preact, "dy", dy)
         if activation is None:
             preact = None  # the identity's derivative needs no pre-activation
-    return be.linear_backward(dy, x, weight, bias, activation, preact=preact)
+    fortran = weight.flags.f_contiguous and not weight.flags.c_contiguous
+    inputs = {"dy": dy, "x": x, "weight": weight, "bias": bias, "preact": preact}
+    out = _check_results(op, out, (("dx", x.shape, x.dtype, False), ("dweight", (K, N), x.dtype, fortran),
+                                   ("dbias", None if bias is None else (N,), x.dtype, False)), inputs)
+    if work is not None and activation is not None:
+        work = _check_result(op, "work", work, dy.shape, dy.dtype,
+                             {**inputs, **dict(zip(("dx", "dweight", "dbias"), out or ()))})
+    else:
+        work = None
+    return _backward(be, "linear_backward", out, dy, x, weight, bias, activation, preact=preact, work=work)
 
 
-def embedding_backward(dout, ids, num_embeddings):
+def embedding_backward(dout, ids, num_embeddings, *, out=None):
     """Gradient of an embedding lookup ``table[ids]``: ``dtable (num_embeddings, C)``.
 
     dout (..., C) is the gradient of the looked-up rows, ids (...) their integer ids in
     [0, num_embeddings). Row v of dtable is the sum of the dout rows whose id is v, added in
-    position order: the same bits whatever the thread count (no atomics).
+    position order: the same bits whatever the thread count (no atomics). ``out``: a C-contiguous
+    (num_embeddings, C) destination (every row is written).
     """
     op = "embedding_backward"
     be = _backend.select(op, {"dout": dout, "ids": ids})
@@ -516,10 +598,11 @@ def embedding_backward(dout, ids, num_embeddings):
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= num_embeddings):
         raise ValueError(f"{op}: ids must lie in [0, {num_embeddings}) (num_embeddings), got min {int(ids.min())} "
                          f"max {int(ids.max())}")
-    return be.embedding_backward(dout, ids, num_embeddings)
+    out = _check_result(op, "out", out, (num_embeddings, dout.shape[-1]), dout.dtype, {"dout": dout, "ids": ids})
+    return _backward(be, "embedding_backward", out, dout, ids, num_embeddings)
 
 
-def cross_entropy(logits, targets, ignore_index=-1, *, return_grad=False):
+def cross_entropy(logits, targets, ignore_index=-1, *, return_grad=False, out=None):
     """Mean cross-entropy of ``logits (..., V)`` against integer ``targets (...)``, fused.
 
     loss = mean over the rows whose target != ignore_index of ``logsumexp(row) - row[target]``.
@@ -527,7 +610,9 @@ def cross_entropy(logits, targets, ignore_index=-1, *, return_grad=False):
     n_valid, 0 on ignored rows, computed in the same pass over each row (no second (N, V) buffer).
     loss is a 0-d array (float64 for float64 logits, else float32). Every target ignored: loss 0
     and zero gradients (PyTorch gives NaN). A row with NaN or +inf logits gives NaN; a target whose
-    logit is -inf gives +inf.
+    logit is -inf gives +inf. ``out`` (with return_grad): the C-contiguous destination of dlogits,
+    which may be ``logits`` itself (the gradient then replaces the logits, row by row: no second
+    (N, V) buffer at all).
     """
     op = "cross_entropy"
     be = _backend.select(op, {"logits": logits, "targets": targets})
@@ -546,14 +631,24 @@ def cross_entropy(logits, targets, ignore_index=-1, *, return_grad=False):
             first = targets[bad].reshape(-1)[0]
             raise ValueError(f"{op}: targets must lie in [0, {V}) (logits {_shape(logits)}) or equal ignore_index "
                              f"{ignore_index}, got {int(first)}")
-    return be.cross_entropy(logits, targets, ignore_index, return_grad=bool(return_grad))
+    if out is None:
+        return be.cross_entropy(logits, targets, ignore_index, return_grad=bool(return_grad))
+    if not return_grad:
+        raise ValueError(f"{op}: out= is the destination of dlogits; it needs return_grad=True")
+    out = _check_result(op, "out", out, logits.shape, logits.dtype,
+                        {"targets": targets} if out is logits else {"logits": logits, "targets": targets})
+    if getattr(be, "BACKWARD_OUT", False):
+        return be.cross_entropy(logits, targets, ignore_index, return_grad=True, out=out)
+    loss, dx = be.cross_entropy(logits, targets, ignore_index, return_grad=True)
+    return loss, _fill(out, dx)
 
 
 # ---------------------------------------------------------------------------------------------
 # attention backward
 
 
-def attention_backward(dout, q, k, v, out, lse, *, causal=False, mask=None, kv_lengths=None, scale=None):
+def attention_backward(dout, q, k, v, out, lse, *, causal=False, mask=None, kv_lengths=None, scale=None,
+                       grads_out=None):
     """Gradients of :func:`attention`: ``(dq, dk, dv)``, FlashAttention-2's algorithm.
 
     dout (B, Hq, Lq, Dv) is the gradient of the output; q, k, v, causal, mask, kv_lengths and scale
@@ -562,7 +657,8 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, mask=None, kv_l
     q, k and lse (the Lq x Lk matrix is never materialised). dk and dv (B, Hkv, Lk, D/Dv) sum over
     the query heads of each group (GQA/MQA). A masked key gets exactly zero dk and dv, even when its
     key or value holds NaN/Inf; a query with no visible key gets zero dq. An additive mask receives
-    no gradient (it is a constant of the forward; none is returned).
+    no gradient (it is a constant of the forward; none is returned). ``grads_out=(dq, dk, dv)``:
+    C-contiguous destinations (each may be None: allocated).
     """
     op = "attention_backward"
     be = _backend.select(op, {"dout": dout, "q": q, "k": k, "v": v, "out": out, "lse": lse, "mask": mask,
@@ -584,7 +680,13 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, mask=None, kv_l
     sd = _stats_dtype(q.dtype)
     if lse.dtype != sd:
         lse = lse.astype(sd)
-    return be.attention_backward(dout, q, k, v, out, lse, scale, causal=causal, mask=mask, kv_lengths=kv_lengths)
+    Hkv, Lk = k.shape[1], k.shape[2]
+    grads_out = _check_results(op, grads_out, (("dq", q.shape, q.dtype, False), ("dk", (B, Hkv, Lk, q.shape[3]), q.dtype,
+                                                                                  False),
+                                               ("dv", (B, Hkv, Lk, v.shape[3]), q.dtype, False)),
+                               {"dout": dout, "q": q, "k": k, "v": v, "out": out, "lse": lse})
+    return _backward(be, "attention_backward", grads_out, dout, q, k, v, out, lse, scale, out_kw="grads",
+                     causal=causal, mask=mask, kv_lengths=kv_lengths)
 
 
 

@@ -152,6 +152,7 @@ def activation_patching(model, clean_ids, corrupt_ids, metric, names=None, per="
     if clean_ids.shape != corrupt_ids.shape:
         raise ValueError(f"activation_patching: clean_ids {clean_ids.shape} and corrupt_ids {corrupt_ids.shape} "
                          "must have the same shape")
+    clean_ids, corrupt_ids = model.xp().asarray(clean_ids), model.xp().asarray(corrupt_ids)  # the model's device
     blocks = _blocks(model)
     full = [f"blocks.{i}.{name}" for i in range(len(blocks))]
     _, clean = model.run_with_cache(clean_ids, names=full)  # checks the names

@@ -215,15 +215,33 @@ def clip_grad_norm(grads, max_norm):
     if not isinstance(grads, dict) or not grads:
         raise ValueError("clip_grad_norm: grads must be a non-empty dict {name: array}")
     total = 0.0
+    sumsq = _sumsq(next(iter(grads.values())))
     for g in grads.values():
-        g64 = g.astype(np.float64) if g.dtype != np.float64 else g
-        total += float((g64 * g64).sum())
+        total += sumsq(g)
     norm = math.sqrt(total) if math.isfinite(total) else float("nan") if total != total else float("inf")
     if math.isfinite(norm) and norm > max_norm:
         coef = max_norm / (norm + 1e-6)
         for g in grads.values():
             g *= g.dtype.type(coef)
     return norm
+
+
+def _sumsq(g):
+    """sumsq(g): the sum of g's squared elements in float64, for the backend of arrays like g: one
+    pass of csrc/optim.c on the cpu backend (no float64 copy), else through a float64 copy."""
+    be = _backend.select("clip_grad_norm", {"grad": g})
+    if be.NAME == "cpu" and g.dtype in (np.float32, np.float64):
+        from qkv._cpu import _config
+        from qkv._cpu._optim import sumsq
+
+        threads = _config.get_num_threads()
+        return lambda g: sumsq(np.ascontiguousarray(g).reshape(-1), threads)
+
+    def sumsq_copy(g):
+        g64 = g.astype(np.float64) if g.dtype != np.float64 else g
+        return float((g64 * g64).sum())
+
+    return sumsq_copy
 
 
 def cosine_lr(step, max_lr, warmup, max_steps, min_lr=0.0):

@@ -20,6 +20,7 @@ from qkv._cpu._softmax import cross_entropy_rows, softmax_backward_rows, softmax
 NAME = "cpu"
 ARRAY_KIND = "numpy"
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+BACKWARD_OUT = True  # the backward ops write into the caller's out= (qkv._ops._backward)
 
 CAUSAL_CODES = {None: 0, "bottom_right": 1, "top_left": 2}
 MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
@@ -120,14 +121,20 @@ def linear(x, weight, bias=None, activation=None, out=None, return_preact=False)
 
 
 # ---------------------------------------------------------------------------------------------
-# backward ops (arguments validated by qkv._ops); results are fresh C-contiguous arrays
+# backward ops (arguments validated by qkv._ops); results go to out= (a tuple whose None entries,
+# like a missing out, mean fresh C-contiguous arrays)
 
 
-def layer_norm_backward(dy, x, weight=None, bias=None, eps=1e-5, mean=None, rstd=None):
+def _outs(out, n):
+    return (None,) * n if out is None else out
+
+
+def layer_norm_backward(dy, x, weight=None, bias=None, eps=1e-5, mean=None, rstd=None, out=None):
     C = x.shape[-1]
-    dx = np.empty(x.shape, x.dtype)
-    dw = None if weight is None else np.empty(C, x.dtype)
-    db = None if bias is None else np.empty(C, x.dtype)
+    dx, dw, db = _outs(out, 3)
+    dx = _result(dx, x.shape, x.dtype)
+    dw = None if weight is None else _result(dw, C, x.dtype)
+    db = None if bias is None else _result(db, C, x.dtype)
     w = None if weight is None else np.ascontiguousarray(weight)
     m = None if mean is None else np.ascontiguousarray(mean, dtype=x.dtype).reshape(-1)
     r = None if rstd is None else np.ascontiguousarray(rstd, dtype=x.dtype).reshape(-1)
@@ -136,8 +143,8 @@ def layer_norm_backward(dy, x, weight=None, bias=None, eps=1e-5, mean=None, rstd
     return dx, dw, db
 
 
-def gelu_backward(dy, x, approximate="tanh"):
-    dx = np.empty(x.shape, x.dtype)
+def gelu_backward(dy, x, approximate="tanh", out=None):
+    dx = _result(out, x.shape, x.dtype)
     n = x.shape[-1] if x.ndim else 1
     act = ACTIVATION_CODES["gelu_tanh" if approximate == "tanh" else "gelu"]
     act_backward_rows(dx.reshape(-1, n), _rows(dy.reshape(-1, n)), _rows(x.reshape(-1, n)), act,
@@ -153,7 +160,7 @@ def softmax_backward(dy, y, scale=1.0):
     return dx
 
 
-def linear_backward(dy, x, weight, bias=None, activation=None, preact=None):
+def linear_backward(dy, x, weight, bias=None, activation=None, preact=None, out=None, work=None):
     K, N = weight.shape
     if max(x.size // K, K, N) >= 2**31:
         raise ValueError(f"linear_backward: dimensions of x {x.shape} / weight {weight.shape} exceed the BLAS "
@@ -162,31 +169,35 @@ def linear_backward(dy, x, weight, bias=None, activation=None, preact=None):
     if not (w.flags.c_contiguous or w.flags.f_contiguous):
         w = np.ascontiguousarray(w)
     fortran = w.flags.f_contiguous and not w.flags.c_contiguous
-    dx = np.empty(x.shape, x.dtype)
-    dw = np.empty((K, N), x.dtype, order="F" if fortran else "C")
-    db = None if bias is None else np.empty(N, x.dtype)
+    dx, dw, db = _outs(out, 3)
+    dx = _result(dx, x.shape, x.dtype)
+    dw = np.empty((K, N), x.dtype, order="F" if fortran else "C") if dw is None else dw
+    db = None if bias is None else _result(db, N, x.dtype)
     act = ACTIVATION_CODES[activation]
-    g = np.empty((dx.size // K, N), x.dtype) if act else None  # dy * act'(preact)
+    g = None  # dy * act'(preact), (M, N)
+    if act:
+        g = np.empty((dx.size // K, N), x.dtype) if work is None else work.reshape(-1, N)
     pre = None if preact is None else _rows(preact)
     linear_backward_rows(dx.reshape(-1, K), dw, db, g, _rows(dy), _rows(x), w, pre, act, _config.simd_level(),
                          _config.get_num_threads())
     return dx, dw, db
 
 
-def embedding_backward(dout, ids, num_embeddings):
+def embedding_backward(dout, ids, num_embeddings, out=None):
     C = dout.shape[-1]
-    dtable = np.empty((num_embeddings, C), dout.dtype)
+    dtable = _result(out, (num_embeddings, C), dout.dtype)
     embedding_backward_rows(dtable, _rows(dout), np.ascontiguousarray(ids, dtype=np.int64).reshape(-1),
                             _config.simd_level(), _config.get_num_threads())
     return dtable
 
 
-def cross_entropy(logits, targets, ignore_index=-1, return_grad=False):
+def cross_entropy(logits, targets, ignore_index=-1, return_grad=False, out=None):
+    """out (with return_grad) may be logits itself: each row's gradient replaces its logits."""
     V = logits.shape[-1]
     t = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
     n_valid = int(np.count_nonzero(t != ignore_index))
     losses = np.empty(t.shape[0], np.float64)  # per row; summed below in a fixed order
-    dx = np.empty(logits.shape, logits.dtype) if return_grad else None
+    dx = _result(out, logits.shape, logits.dtype) if return_grad else None
     cross_entropy_rows(_rows(logits), t, losses, None if dx is None else dx.reshape(-1, V), ignore_index,
                        1.0 / max(n_valid, 1), _config.simd_level(), _config.get_num_threads())
     loss = np.asarray(losses.sum() / max(n_valid, 1), dtype=np.float64 if logits.dtype == np.float64 else np.float32)

@@ -39,6 +39,9 @@ def get_num_threads():
     if _n_threads is None:
         with _lock:
             if _n_threads is None:
+                from qkv._cpu._linear import set_blas_thread_control
+
+                set_blas_thread_control(*blas_thread_control())  # once: GEMMs pick their threads by size
                 _n_threads = _default_threads()
     return _n_threads
 
@@ -56,17 +59,43 @@ def set_num_threads(n):
         _limit_scipy_blas(_n_threads)
 
 
-def _limit_scipy_blas(n):
-    """Limit the BLAS that scipy.linalg.cython_blas resolves to (not NumPy's) to n threads."""
-    try:
-        from threadpoolctl import ThreadpoolController
+def _scipy_blas():
+    """threadpoolctl's controllers of the BLAS that scipy.linalg.cython_blas resolves to (not NumPy's)."""
+    from threadpoolctl import ThreadpoolController
 
-        ctl = ThreadpoolController()
-        for lib in ctl.lib_controllers:
-            if lib.user_api == "blas" and "scipy" in os.path.basename(os.path.dirname(lib.filepath)).lower():
-                lib.set_num_threads(n)
+    import scipy.linalg.cython_blas  # noqa: F401  (loaded, so threadpoolctl sees it)
+
+    return [lib for lib in ThreadpoolController().lib_controllers
+            if lib.user_api == "blas" and "scipy" in os.path.basename(os.path.dirname(lib.filepath)).lower()]
+
+
+def _limit_scipy_blas(n):
+    """Limit SciPy's BLAS to n threads."""
+    try:
+        for lib in _scipy_blas():
+            lib.set_num_threads(n)
     except Exception:  # threadpoolctl missing or unable: BLAS keeps its own setting
         pass
+
+
+def blas_thread_control():
+    """(get, set) addresses of SciPy's OpenBLAS openblas_get/set_num_threads, or (0, 0) when it is
+    not OpenBLAS or cannot be found: what qkv.linear's GEMMs use to pick their threads by size
+    (qkv._cpu._linear)."""
+    try:
+        import ctypes
+
+        for lib in _scipy_blas():
+            if lib.internal_api != "openblas":
+                continue
+            dll = ctypes.CDLL(lib.filepath)
+            prefix, suffix = getattr(lib, "_symbol_prefix", ""), getattr(lib, "_symbol_suffix", "")
+            get = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}")
+            put = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}")
+            return ctypes.cast(get, ctypes.c_void_p).value, ctypes.cast(put, ctypes.c_void_p).value
+    except Exception:  # no threadpoolctl, another BLAS, or symbols not found: threads stay as set
+        pass
+    return 0, 0
 
 
 def simd_level():

@@ -12,11 +12,41 @@
 # Backward (linear_backward_rows): one fused pass over the pre-activation gives g = dy * act'(pre)
 # and the column sums db (csrc/activation.c, deterministic), then two GEMMs: dx = g W^T and
 # dW = x^T g, each again by choosing BLAS operand orders, never by transposing a copy.
+#
+# Threads per GEMM (_gemm_threads, the one place that decides): a GEMM gets one BLAS thread per
+# GEMM_FLOPS_PER_THREAD of work, at most qkv's thread count. A small GEMM split across threads
+# spends its time in the threads' hand-offs, and on a shared machine one descheduled thread stalls
+# the others: the weight gradient x^T g of the baby GPT (768 x 128 x 512) took 13 ms on 2 threads
+# against 2.5 ms on one under load. The count is set through OpenBLAS's own
+# openblas_set_num_threads (found by qkv._cpu._config.blas_thread_control), only when it changes.
 from cython cimport floating
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 from qkv._cpu._activation cimport qkv_bias_act_f32, qkv_bias_act_f64, qkv_act_backward_f32, qkv_act_backward_f64
+
+
+ctypedef int (*_get_threads_t)() noexcept nogil
+ctypedef void (*_set_threads_t)(int) noexcept nogil
+cdef _get_threads_t _blas_get_threads = NULL
+cdef _set_threads_t _blas_set_threads = NULL
+GEMM_FLOPS_PER_THREAD = 1 << 28  # ~270 MFLOP, ~5 ms of one AVX2 core: below it a GEMM runs on one thread
+cdef double _flops_per_thread = GEMM_FLOPS_PER_THREAD
+
+
+def set_blas_thread_control(size_t get_addr, size_t set_addr):
+    """Addresses of the BLAS's get/set thread-count functions (0, 0: leave the BLAS alone)."""
+    global _blas_get_threads, _blas_set_threads
+    _blas_get_threads = <_get_threads_t>get_addr if get_addr and set_addr else NULL
+    _blas_set_threads = <_set_threads_t>set_addr if get_addr and set_addr else NULL
+
+
+cdef inline void _gemm_threads(double m, double n, double k, int n_threads) noexcept nogil:
+    """Give the next BLAS call one thread per GEMM_FLOPS_PER_THREAD of its 2 m n k flops (1 to n_threads)."""
+    cdef double share = 2.0 * m * n * k / _flops_per_thread
+    cdef int want = n_threads if share >= n_threads else (<int>share if share >= 1 else 1)
+    if _blas_set_threads != NULL and _blas_get_threads() != want:
+        _blas_set_threads(want)
 
 
 cdef int _weight_layout(const floating[:, :] w, int K, int N, char* trans, int* ld) except -1:
@@ -80,6 +110,10 @@ def linear_rows(floating[:, ::1] out,         # OUT (M, N)
     # gemv view of the same column-major operand: (N, K) for 'N', (K, N) for 'T'
     gm, gn = (N, K) if transa == b'N' else (K, N)
     with nogil:
+        if M == 1 and K > 0:
+            _gemm_threads(n_threads, 1, _flops_per_thread, n_threads)  # a GEMV reads memory: every thread
+        else:
+            _gemm_threads(M, N, K, n_threads)
         if floating is float:
             if M == 1 and K > 0:
                 sgemv(&transa, &gm, &gn, &alpha, <float*>&w[0, 0], &ldw, <float*>&x[0, 0], &one,
@@ -151,6 +185,7 @@ def linear_backward_rows(floating[:, ::1] dx,        # OUT  (M, K)
                 status = _act_backward(<floating*>NULL, dbp, &dy[0, 0], <const floating*>NULL, M, N, 0, simd,
                                        n_threads)
         if status == 0:
+            _gemm_threads(M, N, K, n_threads)  # both GEMMs have M N K
             _gemm(&tw, &tn, K, M, N, &w[0, 0], ldw, gp, N, &dx[0, 0], K)
             if dw_fortran:  # dW (K, N) column-major = x^T g
                 _gemm(&tn, &tt, K, N, M, &x[0, 0], K, gp, N, &dw[0, 0], K)

@@ -1,4 +1,5 @@
-# Cython wrapper of csrc/optim.c: the fused AdamW update of one parameter. The caller
+# Cython wrapper of csrc/optim.c: the fused AdamW update of one parameter, and the sum of squares
+# of a gradient (clip_grad_norm). The caller
 # (qkv.optim) checks that p, g, m, v are contiguous with one shape and dtype; this layer picks the
 # dtype, releases the GIL and maps status codes to exceptions.
 from cython cimport floating
@@ -9,6 +10,8 @@ cdef extern from "optim.h" nogil:
                       double eps, double step_size, double bc2_sqrt, double decay, int simd, int n_threads)
     int qkv_adamw_f64(double* p, const double* g, double* m, double* v, int64_t n, double beta1, double beta2,
                       double eps, double step_size, double bc2_sqrt, double decay, int simd, int n_threads)
+    double qkv_sumsq_f32(const float* x, int64_t n, int n_threads)
+    double qkv_sumsq_f64(const double* x, int64_t n, int n_threads)
 
 
 def adamw_update(floating[::1] p,        # INOUT (n,) the parameter
@@ -32,3 +35,17 @@ def adamw_update(floating[::1] p,        # INOUT (n,) the parameter
                                    simd, n_threads)
     if status != 0:
         raise ValueError(f"qkv_adamw failed with status {status}")
+
+
+def sumsq(const floating[::1] x, int n_threads):
+    """The sum of x[i]^2 in double (csrc/optim.c; the same bits for any thread count)."""
+    cdef int64_t n = x.shape[0]
+    cdef double s = 0
+    if n == 0:
+        return 0.0
+    with nogil:
+        if floating is float:
+            s = qkv_sumsq_f32(&x[0], n, n_threads)
+        else:
+            s = qkv_sumsq_f64(&x[0], n, n_threads)
+    return s

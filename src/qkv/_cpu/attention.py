@@ -81,8 +81,9 @@ def kernel_path(q_shape, k_shape, v_shape, dtype=np.float32, return_weights=Fals
                           _config.simd_level(), _config.get_num_threads())
 
 
-def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, kv_lengths=None):
-    """(dq, dk, dv) of attention; dout, out (B, Hq, Lq, Dv) and lse (B, Hq, Lq) from the forward.
+def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, kv_lengths=None, grads=None):
+    """(dq, dk, dv) of attention; dout, out (B, Hq, Lq, Dv) and lse (B, Hq, Lq) from the forward;
+    grads: (dq, dk, dv) destinations (C-contiguous; None entries are allocated).
 
     q, k, v keep their strides as in the forward; dout, out and lse are made contiguous (a copy
     only when they are not). The path ("plain" or "tiled") follows set_path.
@@ -92,9 +93,10 @@ def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, k
     q, k, v, base, kind, off, kvl = _prepare("attention_backward", q, k, v, mask, kv_lengths)
     dtype = q.dtype
     dout, out, lse = (np.ascontiguousarray(a, dtype=dtype) for a in (dout, out, lse))
-    dq = np.empty((B, Hq, Lq, D), dtype)
-    dk = np.empty((B, Hkv, Lk, D), dtype)
-    dv = np.empty((B, Hkv, Lk, Dv), dtype)
+    dq, dk, dv = (None,) * 3 if grads is None else grads
+    dq = np.empty((B, Hq, Lq, D), dtype) if dq is None else dq
+    dk = np.empty((B, Hkv, Lk, D), dtype) if dk is None else dk
+    dv = np.empty((B, Hkv, Lk, Dv), dtype) if dv is None else dv
     attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, base, off, kind, kvl, CAUSAL_CODES[causal], float(scale),
                   PATH_CODES[_path], _config.simd_level(), _config.get_num_threads())
     return dq, dk, dv

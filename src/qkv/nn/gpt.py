@@ -61,9 +61,12 @@ class GPT(_hooks.HookedModel, Module):
         added into ``embeddings.wte``.
 
         The forward keeps what the backward needs (a Tape) in work buffers that the next call with
-        the same (B, T) reuses; each layer's backward is its ``backward`` method. GPT only (pre-LN,
-        causal self-attention), no dropout. One call at a time per model (the buffers are the
-        model's); the returned gradients are fresh arrays.
+        the same (B, T) reuses; each layer's backward is its ``backward`` method, writing into
+        reused buffers too: after the first call a step allocates no large array (the logits'
+        gradient replaces the logits in place). GPT only (pre-LN, causal self-attention), no
+        dropout. One call at a time per model (the buffers are the model's). The returned
+        gradients are the model's gradient buffers: the next call overwrites them (copy what you
+        keep), as the optimizer step that follows them does not need.
         """
         xp = self.xp()
         ids, targets = self._check_batch(ids, targets, xp)
@@ -74,21 +77,23 @@ class GPT(_hooks.HookedModel, Module):
             tape = self._tape = Tape(Scratch(xp, wte.dtype))
         tape.grads.clear()
 
+        blocks = [tape.child(f"h.{i}", work=f"h.{i % 2}") for i in range(len(self.h))]  # backward: 2 sets by parity
         # forward: the residual stream of each layer lives in its own buffer, kept for the backward
         x = self.embeddings.forward_train(ids, tape.child("embeddings"))  # (B, T, C)
         for i, block in enumerate(self.h):
-            x = block.forward_train(x, tape.child(f"h.{i}"), out=tape.buf(f"h.{i}.out", x.shape))
+            x = block.forward_train(x, blocks[i], out=tape.buf(f"h.{i}.out", x.shape))
         h = self.ln_f(x, out=tape.buf("ln_f.y", x.shape), tape=tape.child("ln_f"))
         logits = qkv.linear(h, wte.T, out=tape.buf("logits", (B, T, self.config.vocab_size)))  # tied head
-        loss, dlogits = qkv.cross_entropy(logits, targets, -1, return_grad=True)
+        loss, dlogits = qkv.cross_entropy(logits, targets, -1, return_grad=True, out=logits)  # in place
 
         # backward, in reverse
-        dh, dwte_t, _ = qkv.linear_backward(dlogits, h, wte.T)  # dwte_t (C, V) in wte.T's order
+        emb = tape.child("embeddings")
+        dh = tape.work("dh", h.shape)
+        qkv.linear_backward(dlogits, h, wte.T, out=(dh, emb.grad("wte", wte).T, None))  # the head's share of wte
         dx = self.ln_f.backward(dh, tape.child("ln_f"))
         for i in reversed(range(len(self.h))):
-            dx = self.h[i].backward(dx, tape.child(f"h.{i}"))
-        self.embeddings.backward(dx, tape.child("embeddings"))
-        tape.grads["embeddings.wte"] += dwte_t.T  # the LM head's share of the tied matrix
+            dx = self.h[i].backward(dx, blocks[i])
+        self.embeddings.backward(dx, emb, tied=True)  # adds the token rows to the head's share
         grads = {name: tape.grads[name] for name, _ in self.named_parameters()}
         tape.grads.clear()
         return float(loss), grads

@@ -277,6 +277,19 @@ def _heads(a):
     return a.transpose(0, 2, 1, 3)
 
 
+def _bmm(a, b):
+    """a (B, H, M, K) @ b (B, H, K, N) -> (B, H, M, N). On the CPU one qkv.linear per (B, H): the
+    same BLAS as the model's linears (NumPy's matmul would wake a second BLAS's threads, and its
+    stacked matmul leaves BLAS for strided operands)."""
+    xp = namespace(a)
+    if xp is not np:
+        return xp.matmul(a, b)
+    out = np.empty(a.shape[:-1] + b.shape[-1:], dtype=a.dtype)
+    for i in np.ndindex(*a.shape[:-2]):
+        qkv.linear(a[i], b[i], out=out[i])
+    return out
+
+
 def pattern(q, k, lse, scale, causal, mask=None, kv_lengths=None):
     """Attention probabilities (B, H, Lq, Lk) from the fused kernel's log-sum-exp: exp(scale q k^T -
     lse) where a key is visible, 0 elsewhere. q (B, H, Lq, d), k (B, H, Lk, d), lse (B, H, Lq).
@@ -284,7 +297,7 @@ def pattern(q, k, lse, scale, causal, mask=None, kv_lengths=None):
     xp = namespace(q)
     acc = np.float64 if q.dtype == np.float64 else np.float32
     Lq, Lk = q.shape[2], k.shape[2]
-    s = xp.matmul(q.astype(acc, copy=False), k.astype(acc, copy=False).transpose(0, 1, 3, 2))  # (B, H, Lq, Lk)
+    s = _bmm(q.astype(acc, copy=False), k.astype(acc, copy=False).transpose(0, 1, 3, 2))  # (B, H, Lq, Lk)
     s *= acc(scale)
     keep = None
     i = xp.arange(Lq)[:, None]
@@ -331,13 +344,13 @@ def attention(mha, x, hp, mask=None, kv_lengths=None, cache=None, layer=0):
         p = pattern(qh, kh, lse, 1.0 / np.sqrt(d), causal, mask, kv_lengths)
         p, changed = hp.edit("hook_pattern", p)
         if changed:
-            z = xp.matmul(p.astype(vh.dtype, copy=False), vh)  # (B, H, L, d) from the edited pattern
+            z = _bmm(p.astype(vh.dtype, copy=False), vh)  # (B, H, L, d) from the edited pattern
     else:
         z = qkv.attention(qh, kh, vh, causal=causal, mask=mask, kv_lengths=kv_lengths)
     z = hp("hook_z", z.transpose(0, 2, 1, 3))  # (B, L, H, d)
     if hp.wants("hook_result"):
         w_up = mha.c_proj.weight.reshape(H, d, C)  # each head's Wv_up
-        r = xp.matmul(z[:, :, :, None, :], w_up)[:, :, :, 0]  # (B, L, H, C)
+        r = _bmm(z.transpose(0, 2, 1, 3), xp.broadcast_to(w_up, (B, H, d, C))).transpose(0, 2, 1, 3)  # (B, L, H, C)
         r, changed = hp.edit("hook_result", r)
         if changed:
             out = r.sum(axis=2)

@@ -25,6 +25,13 @@ def _zeros(xp, shape, dtype):
     return xp.zeros(shape, dtype=dtype)
 
 
+def _gather(table, ids, out):
+    """out[...] = table[ids] (rows), with no temporary; ids already checked."""
+    if namespace(out) is np:
+        return np.take(table, ids, axis=0, out=out, mode="clip")  # mode="raise" buffers all of out
+    return namespace(out).take(table, ids, axis=0, out=out)
+
+
 class Linear(Module):
     """y = activation(x @ weight + bias); weight (in, out)."""
 
@@ -45,12 +52,13 @@ class Linear(Module):
         return qkv.gelu(pre, "tanh" if activation == "gelu_tanh" else "none", out=out)
 
     def backward(self, dy, tape):
-        """dy (..., out) -> dx (..., in); records d weight and d bias."""
-        dx, dw, db = qkv.linear_backward(dy, tape["x"], self.weight, self.bias, tape["activation"],
-                                         preact=tape.get("preact"))
-        tape.grad("weight", dw)
-        if db is not None:
-            tape.grad("bias", db)
+        """dy (..., out) -> dx (..., in), a work buffer; d weight and d bias go to the tape's."""
+        x, act = tape["x"], tape["activation"]
+        db = None if self.bias is None else tape.grad("bias", self.bias)
+        dx = tape.work("dx", x.shape)
+        qkv.linear_backward(dy, x, self.weight, self.bias, act, preact=tape.get("preact"),
+                            out=(dx, tape.grad("weight", self.weight), db),
+                            work=None if act is None else tape.work("g", dy.shape))
         return dx
 
 
@@ -69,10 +77,10 @@ class LayerNorm(Module):
         return y
 
     def backward(self, dy, tape):
-        dx, dw, db = qkv.layer_norm_backward(dy, tape["x"], self.weight, self.bias, self.eps, mean=tape["mean"],
-                                             rstd=tape["rstd"])
-        tape.grad("weight", dw)
-        tape.grad("bias", db)
+        """dy (..., C) -> dx (..., C), a work buffer; d weight and d bias go to the tape's."""
+        dx = tape.work("dx", dy.shape)
+        qkv.layer_norm_backward(dy, tape["x"], self.weight, self.bias, self.eps, mean=tape["mean"], rstd=tape["rstd"],
+                                out=(dx, tape.grad("weight", self.weight), tape.grad("bias", self.bias)))
         return dx
 
 
@@ -116,20 +124,34 @@ class Embedding(Module):
         """Token + position embeddings of ids (B, L) into a tape buffer (no token types)."""
         B, L = ids.shape
         x = tape.buf("x", (B, L, self.wte.shape[1]))
-        xp = namespace(x)
-        xp.take(self.wte, ids, axis=0, out=x)
-        x += self.wpe[:L]
+        _gather(self.wte, ids, x)
+        for row in x:  # row by row: NumPy's broadcast add would buffer all of x
+            row += self.wpe[:L]
         tape["ids"] = ids
         return x
 
-    def backward(self, dx, tape):
-        """dx (B, L, C): records d wte (a deterministic scatter-add over the ids) and d wpe."""
+    def backward(self, dx, tape, tied=False):
+        """dx (B, L, C): d wte (a deterministic scatter-add over the ids) and d wpe into the tape's
+        gradient buffers. tied=True: d wte already holds the tied LM head's gradient; the rows of
+        the ids seen are added to it (through a (rows seen, C) buffer, not a second (V, C) one)."""
         ids = tape["ids"]
         B, L = ids.shape
         xp = namespace(dx)
-        tape.grad("wte", qkv.embedding_backward(dx, ids, self.wte.shape[0]))
-        pos = xp.broadcast_to(xp.arange(L, dtype=ids.dtype), (B, L))
-        tape.grad("wpe", qkv.embedding_backward(dx, pos, self.wpe.shape[0]))
+        pos = tape.get("pos")
+        if pos is None or pos.shape != ids.shape:
+            pos = tape["pos"] = xp.ascontiguousarray(xp.broadcast_to(xp.arange(L, dtype=ids.dtype), (B, L)))
+        qkv.embedding_backward(dx, pos, self.wpe.shape[0], out=tape.grad("wpe", self.wpe))
+        if not tied:
+            qkv.embedding_backward(dx, ids, self.wte.shape[0], out=tape.grad("wte", self.wte))
+            return
+        dwte = tape.grad("wte", self.wte)
+        seen, where = xp.unique(ids, return_inverse=True)  # ids = seen[where]
+        n, C = seen.shape[0], self.wte.shape[1]
+        rows = tape.work("wte_rows", (min(B * L, self.wte.shape[0]), C))[:n]
+        qkv.embedding_backward(dx, where.reshape(ids.shape), n, out=rows)  # the rows of seen, summed in order
+        head = _gather(dwte, seen, tape.work("wte_head", rows.shape)[:n])
+        head += rows
+        dwte[seen] = head
 
 
 class AttentionHead:
@@ -308,13 +330,14 @@ class MultiHeadAttention(Module):
         B, L, C = dy.shape
         H, d = self.n_head, self.head_dim
         dy_rows = self.c_proj.backward(dy, tape.child("c_proj"))  # (B, L, C)
-        datt = dy_rows.reshape(B, L, H, d).transpose(0, 2, 1, 3)  # (B, H, L, d)
-        dq, dk, dv = qkv.attention_backward(datt, tape["q"], tape["k"], tape["v"], tape["att"], tape["lse"],
-                                            causal=self.causal)
-        dqkv = tape.buf("dqkv", (B, L, 3 * C))
-        xp = namespace(dqkv)
-        for part, g in zip(self._split(dqkv, 3), (dq, dk, dv)):
-            xp.copyto(part, g)
+        xp = namespace(dy_rows)
+        datt = tape.work("datt", (B, H, L, d))  # the kernel reads dout contiguous
+        xp.copyto(datt, dy_rows.reshape(B, L, H, d).transpose(0, 2, 1, 3))
+        dqkv_heads = tape.work("dqkv_heads", (3, B, H, L, d))  # dq, dk, dv
+        qkv.attention_backward(datt, tape["q"], tape["k"], tape["v"], tape["att"], tape["lse"], causal=self.causal,
+                               grads_out=tuple(dqkv_heads))
+        dqkv = tape.work("dqkv", (B, L, 3 * C))
+        xp.copyto(dqkv.reshape(B, L, 3, H, d), dqkv_heads.transpose(1, 3, 0, 2, 4))
         return self.c_attn.backward(dqkv, tape.child("c_attn"))
 
 

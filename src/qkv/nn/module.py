@@ -8,7 +8,10 @@ previous step's. Fresh allocations in a hot loop cost page faults, not just mall
 Tape is what a training forward saves for its backward: each layer writes its activations into
 work buffers of one Scratch under its own dotted name (the same names as its parameters), so the
 buffers of one step are reused by the next, and its backward writes its parameters' gradients
-under the same names.
+into buffers of the same Scratch under the same names. The backward's intermediate gradients
+live only until the next layer down has read them, so blocks share them (two sets, by the
+block's parity: block i reads block i + 1's output gradient while it writes its own). After the
+first step a training step allocates no large array.
 """
 
 import numpy as np
@@ -126,27 +129,38 @@ class Tape:
 
     ``tape.buf(name, shape)`` is a work buffer of the shared Scratch named ``prefix + name``:
     distinct per layer, reused from one step to the next. ``tape[key] = array`` keeps a reference
-    (an input, a buffer, a small statistic) for the layer's backward. ``tape.grad(name, g)`` records
-    the gradient of the parameter ``prefix + name`` in the dict shared by the whole tree.
+    (an input, a buffer, a small statistic) for the layer's backward. ``tape.work(name, shape)`` is
+    a backward intermediate, named by the work prefix, which ``child(name, work=...)`` lets layers
+    of the same shapes share. ``tape.grad(name, param)`` is the buffer that receives the gradient
+    of the parameter ``prefix + name`` (param's shape), recorded in the dict shared by the tree.
     """
 
-    def __init__(self, scratch, prefix="", grads=None):
+    def __init__(self, scratch, prefix="", grads=None, work=None):
         self.scratch, self.prefix = scratch, prefix
+        self.wprefix = prefix if work is None else work
         self.grads = {} if grads is None else grads
         self.saved = {}
         self._kids = {}
 
-    def child(self, name):
+    def child(self, name, work=None):
+        """The tape of sublayer ``name``; ``work``: the name its backward intermediates go under
+        (default ``name``; blocks pass their parity)."""
         kid = self._kids.get(name)
         if kid is None:
-            kid = self._kids[name] = Tape(self.scratch, f"{self.prefix}{name}.", self.grads)
+            w = f"{self.wprefix}{name if work is None else work}."
+            kid = self._kids[name] = Tape(self.scratch, f"{self.prefix}{name}.", self.grads, w)
         return kid
 
     def buf(self, name, shape):
         return self.scratch(self.prefix + name, shape)
 
-    def grad(self, name, g):
-        self.grads[self.prefix + name] = g
+    def work(self, name, shape):
+        return self.scratch("d:" + self.wprefix + name, shape)
+
+    def grad(self, name, param):
+        """The gradient buffer of parameter ``prefix + name`` (param's shape), recorded in grads."""
+        g = self.grads[self.prefix + name] = self.scratch("grad:" + self.prefix + name, param.shape)
+        return g
 
     def __setitem__(self, key, value):
         self.saved[key] = value
