@@ -366,11 +366,82 @@ def test_cli_inspect_draws_a_llama_folder(tmp_path, capsys):
     assert out.stat().st_size > 0 and "4 heads" in capsys.readouterr().err
 
 
-def test_hooks_are_refused_not_ignored():
-    """Hook points cover GPT and Encoder; on a Llama a hooked run is an error, never a silent plain run."""
+# ---------------------------------------------------------------------------------------------
+# hook points
+
+def _silu(g):
+    return g / (1 + np.exp(-g.astype(np.float64)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_run_with_cache_is_the_plain_forward_and_its_activations_agree(name):
+    """Logits bit-identical to the fused forward; every cached activation is what the next one is
+    computed from (rotation, GQA pattern, per-head results, SwiGLU, the LM head's input)."""
+    from qkv.nn import hook_names
+
+    model = Llama.from_pretrained(FIX / name)
+    ids = REF[name + ".ids"]
+    c = model.config
+    logits, cache = model.run_with_cache(ids, names=lambda n: True)
+    np.testing.assert_array_equal(logits, model(ids))
+    assert list(cache) == hook_names(model) and len(cache) == 2 + 18 * c.n_layer
+    B, L = ids.shape
+    rope = dict(theta=c.rope_theta, scaling=c.rope_scaling)
+    for i in range(c.n_layer):
+        a = lambda n: cache[f"blocks.{i}.{n}"]  # noqa: E731
+        assert a("attn.hook_q").shape == (B, L, c.n_head, c.head_dim)
+        assert a("attn.hook_k").shape == a("attn.hook_v").shape == (B, L, c.n_kv_head, c.head_dim)
+        np.testing.assert_allclose(a("attn.hook_rot_k"), qkv.rope(np.ascontiguousarray(a("attn.hook_k")),
+                                                                  np.arange(L), **rope), atol=1e-6)
+        p = a("attn.hook_pattern")  # (B, H, L, L)
+        np.testing.assert_allclose(p.sum(-1), 1, atol=1e-5)
+        assert (p[..., np.triu_indices(L, 1)[0], np.triu_indices(L, 1)[1]] == 0).all()
+        group = c.n_head // c.n_kv_head
+        v = np.repeat(a("attn.hook_v").transpose(0, 2, 1, 3), group, axis=1)  # (B, H, L, d)
+        np.testing.assert_allclose(a("attn.hook_z"), (p @ v).transpose(0, 2, 1, 3), atol=1e-5)
+        bias = model.h[i].attn.c_proj.bias
+        np.testing.assert_allclose(a("attn.hook_result").sum(2) + (0 if bias is None else bias), a("hook_attn_out"),
+                                   atol=1e-5)
+        np.testing.assert_allclose(a("mlp.hook_post"), _silu(a("mlp.hook_pre")) * a("mlp.hook_pre_linear"),
+                                   atol=1e-5)
+        np.testing.assert_allclose(a("hook_resid_post"), a("hook_resid_mid") + a("hook_mlp_out"), atol=1e-6)
+    np.testing.assert_allclose(cache["ln_final.hook_normalized"] @ model._head(), logits, atol=1e-4)
+
+
+def test_hook_edits_flow_downstream():
+    """Zeroing head 1 in hook_z or in hook_result gives the same logits; an edit of mlp.hook_pre is
+    what hook_post then holds; names are checked."""
     model = Llama.from_pretrained(FIX / "tiny_llama")
-    with pytest.raises(NotImplementedError, match="Llama has none yet"):
-        model.run_with_cache(REF["tiny_llama.ids"][:, :4])
+    ids = REF["tiny_llama.ids"]
+
+    def zero_z(z, name):
+        z = z.copy()
+        z[:, :, 1] = 0
+        return z
+
+    def zero_result(r, name):
+        r = r.copy()
+        r[:, :, 1] = 0
+        return r
+
+    a = model.run_with_hooks(ids, {"blocks.0.attn.hook_z": zero_z})
+    b = model.run_with_hooks(ids, {"blocks.0.attn.hook_result": zero_result})
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert np.abs(a - model(ids)).max() > 1e-3
+    with model.hooks({"blocks.1.mlp.hook_pre": lambda g, n: np.zeros_like(g)}):
+        _, cache = model.run_with_cache(ids, names=["blocks.1.mlp.hook_post"])
+    assert (cache["blocks.1.mlp.hook_post"] == 0).all()
+    with pytest.raises(ValueError, match="is not a hook point of this Llama"):
+        model.run_with_cache(ids, names=["blocks.0.attn.hook_rot_v"])
+
+
+def test_hooks_during_generation_see_each_step():
+    model = Llama.from_pretrained(FIX / "tiny_qwen2")
+    seen = []
+    with model.hooks({"blocks.0.attn.hook_rot_k": lambda k, n: seen.append(k.shape)}):
+        out = model.generate([[5, 6, 7]], 3, top_k=1, eos_token_id=None)
+    assert out[0] == model.generate([[5, 6, 7]], 3, top_k=1, eos_token_id=None)[0]
+    assert seen == [(1, 3, 2, 16), (1, 1, 2, 16), (1, 1, 2, 16)]
 
 
 def test_cli_embed_refuses_a_llama_folder(capsys):
