@@ -127,6 +127,22 @@ def test_float64_matches_reference_backend(backend):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("backend", backends())
+def test_tied_head_gradient_with_a_vocabulary_larger_than_the_batch(backend):
+    """V > B T: the token rows reach d wte through a (rows seen, C) buffer, not a (V, C) one; the
+    same gradients as the float64 reference, repeated ids included."""
+    model = _tiny(n_layer=1, vocab_size=40)
+    ids = np.array([[3, 7, 3, 39, 0, 7]])
+    with qkv.use_backend("numpy"):
+        want_loss, want = model.value_and_grad(ids, ids[:, ::-1])
+        want = {k: g.copy() for k, g in want.items()}
+    with qkv.use_backend(backend):
+        loss, got = model.value_and_grad(ids, ids[:, ::-1])
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
 def test_all_targets_ignored_gives_zero():
     model = _tiny()
     ids = np.zeros((1, 4), np.int64)

@@ -15,10 +15,13 @@ import contextlib
 import contextvars
 import importlib
 
+from numpy import ndarray as _ndarray
+
 _MODULES = {"cpu": "qkv._cpu", "numpy": "qkv._reference", "cuda": "qkv._cuda"}
 _AUTO_FOR_KIND = {"numpy": "cpu", "cupy": "cuda"}
 _global = "auto"
 _override = contextvars.ContextVar("qkv_backend", default=None)
+_ready = {}  # cpu and numpy, once imported: they can always run (every op call asks; cuda is asked each time)
 
 
 class BackendUnavailable(RuntimeError):
@@ -33,6 +36,9 @@ def _check_name(name, allow_auto=True):
 
 def _module(name):
     """Import a backend module and make sure it can run; BackendUnavailable otherwise."""
+    mod = _ready.get(name)
+    if mod is not None:
+        return mod
     try:
         mod = importlib.import_module(_MODULES[name])
     except ImportError as exc:
@@ -40,6 +46,8 @@ def _module(name):
     ok, reason = mod.available()
     if not ok:
         raise BackendUnavailable(f"backend {name!r} is unavailable: {reason}")
+    if name != "cuda":
+        _ready[name] = mod
     return mod
 
 
@@ -90,6 +98,8 @@ def use_backend(name):
 def array_kind(x):
     """``"numpy"`` or ``"cupy"`` for an array, None for anything else."""
     t = type(x)
+    if t is _ndarray:
+        return "numpy"
     if t.__module__.startswith("numpy"):
         return "numpy"
     if t.__module__.startswith("cupy"):

@@ -77,6 +77,8 @@ def _check_causal(op, causal):
 
 
 def _check_scalar(op, name, value, positive=False):
+    if type(value) is float and math.isfinite(value) and (value > 0 or not positive):  # the common case, fast
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise TypeError(f"{op}: {name} must be a finite real number, got {value!r}")
     if positive and value <= 0:
@@ -398,9 +400,9 @@ def _check_result(op, name, a, shape, dtype, inputs, fortran=False):
         raise ValueError(f"{op}: {name} has shape {_shape(a)} and dtype {a.dtype}; expected {tuple(shape)} {dtype}")
     if not (a.flags.f_contiguous if fortran else a.flags.c_contiguous) or not a.flags.writeable:
         raise ValueError(f"{op}: {name} must be {'F' if fortran else 'C'}-contiguous and writeable")
-    xp = _namespace(a)
+    shares = _namespace(a).shares_memory
     for iname, b in inputs.items():
-        if b is not None and xp.shares_memory(a, b):
+        if b is not None and shares(a, b):
             raise ValueError(f"{op}: {name} overlaps {iname}; pass a separate buffer")
     return a
 
@@ -414,13 +416,15 @@ def _check_results(op, out, specs, inputs):
     if not isinstance(out, (tuple, list)) or len(out) != len(specs):
         names = ", ".join(s[0] for s in specs)
         raise TypeError(f"{op}: out must be a tuple ({names}) of arrays or None, got {type(out).__name__}")
+    others = {n: b for n, b in inputs.items() if b is not None}
     checked = []
     for i, (a, (name, shape, dtype, fortran)) in enumerate(zip(out, specs)):
         if a is not None and shape is None:
             raise ValueError(f"{op}: out[{i}] ({name}) must be None: that gradient is not computed")
-        others = {**inputs, **{s[0]: b for s, b in zip(specs, checked)}}
-        checked.append(None if shape is None else _check_result(op, f"out[{i}] ({name})", a, shape, dtype, others,
-                                                                fortran))
+        if a is not None:
+            _check_result(op, f"out[{i}] ({name})", a, shape, dtype, others, fortran)
+            others[name] = a
+        checked.append(a)
     return tuple(checked)
 
 

@@ -20,6 +20,7 @@ SIMD_NAMES = _runtime.SIMD_NAMES
 _lock = threading.Lock()
 _n_threads = None
 _simd_cap = None
+_env_level = None  # the level QKV_SIMD and the CPU allow, read at the first call
 
 
 def _default_threads():
@@ -100,11 +101,14 @@ def blas_thread_control():
 
 def simd_level():
     """The SIMD level the kernels will use: 0 scalar, 1 avx2, 2 avx512."""
-    cap = _simd_cap
-    if cap is None:
+    if _simd_cap is not None:
+        return min(_simd_cap, _runtime.cpu_simd_level())
+    global _env_level
+    if _env_level is None:  # QKV_SIMD is read once (every kernel call asks; os.environ is slow)
         env = os.environ.get("QKV_SIMD", "").strip().lower()
         cap = SIMD_NAMES.index(env) if env in SIMD_NAMES else len(SIMD_NAMES) - 1
-    return min(cap, _runtime.cpu_simd_level())
+        _env_level = min(cap, _runtime.cpu_simd_level())
+    return _env_level
 
 
 def simd_name():

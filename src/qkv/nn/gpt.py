@@ -76,9 +76,10 @@ class GPT(_hooks.HookedModel, Module):
         if tape is None or tape.scratch.xp is not xp or tape.scratch.dtype != wte.dtype:
             tape = self._tape = Tape(Scratch(xp, wte.dtype))
         tape.grads.clear()
-
+            tape.names = [name for name, _ in self.named_parameters()]
         blocks = [tape.child(f"h.{i}", work=f"h.{i % 2}") for i in range(len(self.h))]  # backward: 2 sets by parity
         # forward: the residual stream of each layer lives in its own buffer, kept for the backward
+
         x = self.embeddings.forward_train(ids, tape.child("embeddings"))  # (B, T, C)
         for i, block in enumerate(self.h):
             x = block.forward_train(x, blocks[i], out=tape.buf(f"h.{i}.out", x.shape))
@@ -94,7 +95,7 @@ class GPT(_hooks.HookedModel, Module):
         for i in reversed(range(len(self.h))):
             dx = self.h[i].backward(dx, blocks[i])
         self.embeddings.backward(dx, emb, tied=True)  # adds the token rows to the head's share
-        grads = {name: tape.grads[name] for name, _ in self.named_parameters()}
+        grads = {name: tape.grads[name] for name in tape.names}
         tape.grads.clear()
         return float(loss), grads
 

@@ -132,8 +132,9 @@ class Embedding(Module):
 
     def backward(self, dx, tape, tied=False):
         """dx (B, L, C): d wte (a deterministic scatter-add over the ids) and d wpe into the tape's
-        gradient buffers. tied=True: d wte already holds the tied LM head's gradient; the rows of
-        the ids seen are added to it (through a (rows seen, C) buffer, not a second (V, C) one)."""
+        gradient buffers. tied=True: d wte already holds the tied LM head's gradient; the token
+        rows are added to it, through a (V, C) buffer when V <= B L, else through a (rows seen, C)
+        one (GPT-2's V = 50257 would need a second (V, C) array)."""
         ids = tape["ids"]
         B, L = ids.shape
         xp = namespace(dx)
@@ -145,8 +146,13 @@ class Embedding(Module):
             qkv.embedding_backward(dx, ids, self.wte.shape[0], out=tape.grad("wte", self.wte))
             return
         dwte = tape.grad("wte", self.wte)
+        V, C = self.wte.shape
+        if V <= B * L:
+            rows = qkv.embedding_backward(dx, ids, V, out=tape.work("wte_rows", (V, C)))
+            dwte += rows
+            return
         seen, where = xp.unique(ids, return_inverse=True)  # ids = seen[where]
-        n, C = seen.shape[0], self.wte.shape[1]
+        n = seen.shape[0]
         rows = tape.work("wte_rows", (min(B * L, self.wte.shape[0]), C))[:n]
         qkv.embedding_backward(dx, where.reshape(ids.shape), n, out=rows)  # the rows of seen, summed in order
         head = _gather(dwte, seen, tape.work("wte_head", rows.shape)[:n])

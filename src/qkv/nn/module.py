@@ -116,8 +116,10 @@ class Scratch:
         self._bufs = {}
 
     def __call__(self, name, shape):
-        shape = tuple(int(n) for n in shape)
         b = self._bufs.get(name)
+        if b is not None and b.shape == shape:  # shape: a tuple of ints (the common case)
+            return b
+        shape = tuple(int(n) for n in shape)
         if b is None or b.shape != shape:
             b = self._bufs[name] = self.xp.empty(shape, dtype=self.dtype)
         return b
