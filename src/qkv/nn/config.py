@@ -16,6 +16,7 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
     activation: str = "gelu_tanh"  # GPT-2 uses the tanh approximation of GELU
     bias: bool = True  # biases in linears (GPT-2 has them)
+    attn_only: bool = False  # blocks without MLP (and ln_2): the attention-only transformers of the induction-head papers
 
     def __post_init__(self):
         if self.n_inner is None:

@@ -29,7 +29,8 @@ class GPT(_hooks.HookedModel, Module):
         self.config = config = config or GPTConfig()
         self.embeddings = Embedding(config.vocab_size, config.block_size, config.n_embd, dtype=dtype, xp=xp)
         self.h = [Block(config.n_embd, config.n_head, config.n_inner, config.layer_norm_epsilon, config.activation,
-                        pre_ln=True, causal=True, bias=config.bias, dtype=dtype, xp=xp)
+                        pre_ln=True, causal=True, bias=config.bias, dtype=dtype, xp=xp,
+                        attn_only=config.attn_only)
                   for _ in range(config.n_layer)]
         self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon, dtype, xp)
 

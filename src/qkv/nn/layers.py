@@ -379,11 +379,14 @@ class Block(Module):
     Llama: norm="rms", activation="swiglu", and the attention options n_kv_head, head_dim, rope
     (MultiHeadAttention); attn_bias / proj_bias for q/k/v and the output projection (default: bias,
     which then covers the MLP).
+    attn_only=True (pre-LN only): x + attn(ln_1(x)) and nothing else; mlp and ln_2 are None.
     """
 
     def __init__(self, n_embd, n_head, n_inner, eps=1e-5, activation="gelu_tanh", pre_ln=True, causal=True,
                  bias=True, dtype=np.float32, xp=np, norm="layer", n_kv_head=None, head_dim=None, rope=None,
-                 attn_bias=None, proj_bias=None):
+                 attn_bias=None, proj_bias=None, attn_only=False):
+        if attn_only and not pre_ln:
+            raise ValueError("Block: attn_only needs pre_ln=True (a post-LN block normalises after its MLP)")
         if norm not in ("layer", "rms"):
             raise ValueError(f"Block: norm must be 'layer' or 'rms', got {norm!r}")
         self.pre_ln = pre_ln
@@ -392,8 +395,8 @@ class Block(Module):
         self.attn = MultiHeadAttention(n_embd, n_head, causal=causal, bias=bias if attn_bias is None else attn_bias,
                                        dtype=dtype, xp=xp, n_kv_head=n_kv_head, head_dim=head_dim, rope=rope,
                                        proj_bias=bias if proj_bias is None else proj_bias)
-        self.ln_2 = Norm(n_embd, eps, dtype, xp)
-        self.mlp = MLP(n_embd, n_inner, activation, bias, dtype, xp)
+        self.ln_2 = None if attn_only else Norm(n_embd, eps, dtype, xp)
+        self.mlp = None if attn_only else MLP(n_embd, n_inner, activation, bias, dtype, xp)
 
     def __call__(self, x, *, mask=None, kv_lengths=None, cache=None, layer=0, return_weights=False, scratch=None,
                  positions=None):
@@ -411,8 +414,9 @@ class Block(Module):
                 x = x + a
             else:
                 x += a
-            x += self.mlp(self.ln_2(x, out=buffer(scratch, "ln", x.shape)), scratch=scratch,
-                          out=buffer(scratch, "proj", x.shape))
+            if self.mlp is not None:
+                x += self.mlp(self.ln_2(x, out=buffer(scratch, "ln", x.shape)), scratch=scratch,
+                              out=buffer(scratch, "proj", x.shape))
         else:
             a = self.attn(x, **kw)
             a, w = a if return_weights else (a, None)
@@ -431,6 +435,8 @@ class Block(Module):
         xp = namespace(x)
         a = self.attn.forward_train(self.ln_1(x, out=tape.buf("ln_1", x.shape), tape=tape.child("ln_1")),
                                     tape.child("attn"), out=tape.scratch("proj", x.shape))
+        if self.mlp is None:  # attention only
+            return xp.add(x, a, out=out)
         x_mid = xp.add(x, a, out=tape.buf("x_mid", x.shape))  # the residual stream after attention
         m = self.mlp.forward_train(self.ln_2(x_mid, out=tape.buf("ln_2", x.shape), tape=tape.child("ln_2")),
                                    tape.child("mlp"), out=tape.scratch("proj", x.shape))
@@ -438,8 +444,11 @@ class Block(Module):
 
     def backward(self, dout, tape):
         """dout (B, L, C) -> dx (B, L, C): each residual branch's gradient plus the skip's."""
-        d_mid = self.ln_2.backward(self.mlp.backward(dout, tape.child("mlp")), tape.child("ln_2"))
-        d_mid += dout
+        if self.mlp is None:  # attention only: the stream after attention is the output
+            d_mid = dout
+        else:
+            d_mid = self.ln_2.backward(self.mlp.backward(dout, tape.child("mlp")), tape.child("ln_2"))
+            d_mid += dout
         dx = self.ln_1.backward(self.attn.backward(d_mid, tape.child("attn")), tape.child("ln_1"))
         dx += d_mid
         return dx

@@ -1,0 +1,81 @@
+"""Attention-only GPTs (GPTConfig(attn_only=True)) and the induction-head demo (qkv.induction,
+``qkv demo induction``).
+
+- The attention-only block has no MLP and no ln_2: its parameters, its forward (x + attn(ln_1(x)))
+  and value_and_grad by central differences of the float64 forward.
+- The demo, trained with deterministic seeds: the best induction score is >= 0.5 and zero-ablating
+  that head (its hook_z, through run_with_hooks) raises the loss on the second copy by >= 1 nat.
+"""
+
+import numpy as np
+import pytest
+
+import qkv
+from qkv.nn import GPT, GPTConfig
+from test_train import cpu_attention_backward_reason
+
+
+def tiny(seed=0, dtype=np.float64, **kw):
+    cfg = GPTConfig(**{**dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, attn_only=True), **kw})
+    model = GPT(cfg, dtype=dtype).init_weights(seed)
+    rng = np.random.default_rng(seed + 1)
+    for _, p in model.named_parameters():  # larger than the init, so every path carries signal
+        p += rng.normal(0, 0.3, p.shape)
+    return model
+
+
+def test_attn_only_block_has_no_mlp():
+    model = tiny()
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(".mlp." in n or ".ln_2." in n for n in names)
+    assert all(b.mlp is None and b.ln_2 is None for b in model.h)
+    full = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8))
+    assert model.num_parameters() == full.num_parameters() - 2 * (8 * 32 + 32 + 32 * 8 + 8 + 2 * 8)
+
+
+def test_attn_only_forward_by_hand():
+    """logits = ln_f(x + sum of the blocks' attention outputs) @ wte.T, each block x + attn(ln_1(x))."""
+    model = tiny()
+    ids = np.array([[1, 4, 2, 9, 4, 2]])
+    with qkv.use_backend("numpy"):
+        x = model.embeddings(ids)
+        for b in model.h:
+            x = x + b.attn(b.ln_1(x))
+        want = model.ln_f(x) @ model.embeddings.wte.T
+        got = model(ids)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("cpu", marks=pytest.mark.skipif(
+    cpu_attention_backward_reason() is not None, reason=cpu_attention_backward_reason() or ""))])
+def test_attn_only_value_and_grad_by_finite_differences(backend):
+    """Central differences of the float64 forward at a sample of every parameter."""
+    model = tiny()
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 11, (2, 7))
+    targets = rng.integers(0, 11, (2, 7))
+    targets[0, 3] = -1
+    with qkv.use_backend(backend):
+        loss, grads = model.value_and_grad(ids, targets)
+        grads = {k: g.copy() for k, g in grads.items()}
+        assert loss == pytest.approx(float(qkv.cross_entropy(model(ids), targets)), rel=1e-12)
+        assert set(grads) == {n for n, _ in model.named_parameters()}
+        h = 1e-6
+        for name, p in model.named_parameters():
+            flat = p.reshape(-1)
+            for i in sorted({0, flat.size // 3, flat.size // 2, flat.size - 1}):
+                old = flat[i]
+                flat[i] = old + h
+                up = float(qkv.cross_entropy(model(ids), targets))
+                flat[i] = old - h
+                down = float(qkv.cross_entropy(model(ids), targets))
+                flat[i] = old
+                fd = (up - down) / (2 * h)
+                assert grads[name].reshape(-1)[i] == pytest.approx(fd, rel=1e-5, abs=1e-8), (name, i)
+
+
+def test_attn_only_needs_pre_ln():
+    from qkv.nn import Block
+
+    with pytest.raises(ValueError, match="attn_only needs pre_ln=True"):
+        Block(8, 2, 32, pre_ln=False, attn_only=True)
