@@ -18,6 +18,7 @@ Its attention factor is 1, so the rotation is all it changes. HF computes these 
 they are float64 (the oracle's precision), which differs from HF's by ~1e-7 relative.
 """
 
+import functools
 import math
 import numbers
 
@@ -58,9 +59,17 @@ def check_scaling(op, scaling):
     return (kind, factor, low, high, original)
 
 
+@functools.lru_cache(maxsize=64)
 def inv_freq(D, theta, scaling=None):
     """The (D/2,) float64 inverse frequencies for head dim D (even), base theta, scaling as
-    returned by check_scaling."""
+    returned by check_scaling. Cached (a model asks for the same table in every layer and decoding
+    step) and read-only."""
+    f = _inv_freq(D, theta, scaling)
+    f.flags.writeable = False
+    return f
+
+
+def _inv_freq(D, theta, scaling):
     f = 1.0 / theta ** (np.arange(0, D, 2, dtype=np.float64) / D)
     if scaling is None:
         return f
