@@ -693,7 +693,6 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=False, mask=None, kv_l
                      causal=causal, mask=mask, kv_lengths=kv_lengths)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Llama-family ops: RMSNorm, rotary position embeddings (RoPE), SwiGLU, and their backward
 

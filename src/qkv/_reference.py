@@ -422,7 +422,6 @@ def adamw(p, g, m, v, beta1, beta2, eps, step_size, bc2_sqrt, decay):
     p[...] = p64
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Llama-family ops: RMSNorm, rotary position embeddings, SwiGLU (and their backward)
 #

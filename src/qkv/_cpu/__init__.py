@@ -207,7 +207,6 @@ def cross_entropy(logits, targets, ignore_index=-1, return_grad=False, out=None)
 from qkv._cpu.attention import attention, attention_backward  # noqa: E402
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Llama-family ops (arguments validated by qkv._ops): csrc/rmsnorm.c, csrc/rope.c and the SwiGLU
 # rows of csrc/activation.c

@@ -602,7 +602,6 @@ def attention_backward(dout, q, k, v, out, lse, scale, causal=None, mask=None, k
     return dq, dk, dv
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Llama-family ops (arguments validated by qkv._ops): rmsnorm_rows / rmsnorm_bwd (layernorm.cu),
 # rope_rows (rope.cu), swiglu / swiglu_bwd (activation.cu)
