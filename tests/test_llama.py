@@ -192,6 +192,48 @@ def test_sharded_and_single_file_hold_the_same(tmp_path):
         np.testing.assert_array_equal(pa, pb)
 
 
+def _save_bf16(tensors, path):
+    """A safetensors file of BF16 tensors written by hand (NumPy has no bfloat16): each float32
+    truncated to its top 16 bits."""
+    import struct
+
+    meta, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        bits = (np.ascontiguousarray(t, np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        meta[name] = {"dtype": "BF16", "shape": list(t.shape), "data_offsets": [offset, offset + len(bits)]}
+        blobs.append(bits)
+        offset += len(bits)
+    h = json.dumps(meta).encode()
+    Path(path).write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def test_bfloat16_checkpoints_are_widened_exactly(tmp_path):
+    """Llama 3, Qwen2.5 and SmolLM ship bfloat16 safetensors, which NumPy cannot hold: they load
+    as float32 with the same values (bf16 -> f32 is exact)."""
+    from safetensors.numpy import load_file
+
+    d = _copy(tmp_path, "tiny_qwen2")
+    _save_bf16(load_file(str(d / "model.safetensors")), d / "model.safetensors")
+    model = Llama.from_pretrained(d)
+    ref = Llama.from_pretrained(FIX / "tiny_qwen2")
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert p.dtype == np.float32
+        np.testing.assert_array_equal(p, (q.view(np.uint32) & 0xFFFF0000).view(np.float32), err_msg=name)
+    # the reader NumPy alone needs (safetensors returns bfloat16 arrays only when ml_dtypes is imported)
+    from qkv.io.checkpoint import _read_with_bfloat16, read_safetensors
+
+    direct, loaded = _read_with_bfloat16(d / "model.safetensors"), read_safetensors(d)
+    assert direct.keys() == loaded.keys()
+    for name in direct:
+        assert direct[name].dtype == np.float32
+        np.testing.assert_array_equal(direct[name], loaded[name])
+    (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-10])
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
+        Llama.from_pretrained(d)
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
+        _read_with_bfloat16(d / "model.safetensors")
+
+
 def test_tied_head_is_the_embedding_and_untied_is_its_own():
     tied, untied = Llama.from_pretrained(FIX / "tiny_qwen2"), Llama.from_pretrained(FIX / "tiny_llama")
     assert tied.lm_head is None and "lm_head.weight" not in dict(tied.named_parameters())

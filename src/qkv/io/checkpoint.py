@@ -119,8 +119,37 @@ def read_safetensors(path):
     if not p.is_file():
         raise FileNotFoundError(f"{p} is missing (qkv reads safetensors only, never pickle .bin files)")
     try:
-        return load_file(str(p))
+        tensors = load_file(str(p))
     except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        if "bfloat16" in str(exc):  # NumPy has no bfloat16: widen those tensors to float32 here
+            return _read_with_bfloat16(p)
+        raise ValueError(f"{p} is not a readable safetensors file: {exc}") from None
+    # with ml_dtypes imported (by some other package), safetensors returns bfloat16 arrays: widen them too
+    return {n: t.astype(np.float32) if t.dtype.name == "bfloat16" else t for n, t in tensors.items()}
+
+
+def _read_with_bfloat16(p):
+    """A safetensors file holding BF16 tensors (as Llama 3, Qwen2.5 and SmolLM ship): safetensors
+    checks the header and reads the other tensors; each BF16 one is read as its uint16 bit patterns
+    and widened exactly to float32 (the bits shifted into a float32's top half)."""
+    import struct
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(p), framework="numpy") as f:  # validates the header and every offset
+            names = list(f.keys())
+            bf16 = {n for n in names if f.get_slice(n).get_dtype() == "BF16"}
+            out = {n: f.get_tensor(n) for n in names if n not in bf16}
+        with open(p, "rb") as fh:
+            (n_header,) = struct.unpack("<Q", fh.read(8))  # bounded: safe_open accepted it
+            header = json.loads(fh.read(n_header))
+        for n in bf16:
+            (start, end), shape = header[n]["data_offsets"], header[n]["shape"]
+            bits = np.fromfile(p, dtype="<u2", count=(end - start) // 2, offset=8 + n_header + start)
+            out[n] = (bits.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        return out
+    except (SafetensorError, OSError, ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"{p} is not a readable safetensors file: {exc}") from None
 
 
