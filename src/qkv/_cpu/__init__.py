@@ -270,8 +270,11 @@ def swiglu_backward(dy, gate, up):
 
 
 # linear(..., activation="swiglu"): rows per GEMM block, so the block's (rows, 2 * inner) product
-# (about this many bytes) is still in cache when the SwiGLU epilogue reads it
-SWIGLU_BLOCK_BYTES = 1 << 20
+# (about this many bytes) is still in cache when the SwiGLU epilogue reads it. 16 MiB, not 1: on the
+# 2-core EPYC with passive waits, 1 MiB (85-row blocks at 2 * inner = 3072) made each block a small
+# GEMM that wakes the BLAS threads again: (512, 576) @ (576, 3072) took 528 ms against 176 ms with
+# one block, and 164 ms without the epilogue (benchmarks/llama_cpu.py's MLP shape).
+SWIGLU_BLOCK_BYTES = 16 << 20
 
 
 def _linear_swiglu(x, weight, bias, out, return_preact):
