@@ -165,3 +165,13 @@ def test_cli_generate_and_embed_quantize():
     assert out.returncode == 0, out.stderr
     bad = subprocess.run(cmd[:-1] + ["int4"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--quantize" in bad.stderr
+
+
+def test_float32_save_load_round_trip(tmp_path):
+    """save_pretrained without quantization writes float32 tensors that from_pretrained reads back."""
+    r = np.load(FIX / "tiny_gpt2_ref.npz")
+    m = _tiny()
+    m.save_pretrained(tmp_path)
+    back = GPT.from_pretrained(tmp_path)
+    assert not list(qkv.quant.quantized_weights(back))
+    np.testing.assert_array_equal(back(r["ids"]), m(r["ids"]))

@@ -256,7 +256,8 @@ def _read_safetensors_header(path):
 
 
 def quantization_of(folder):
-    """The quantized weights recorded in a folder's model.safetensors ({name: info}), or None."""
+    """The quantized weights recorded in a folder's model.safetensors by save_pretrained ({name: info},
+    empty for a float32 model), or None for a folder save_pretrained did not write (Hugging Face's)."""
     p = Path(folder) / "model.safetensors"
     if not p.is_file():
         return None
@@ -312,7 +313,7 @@ def save_pretrained(model, folder):
 
 
 def load_quantized(cls, folder, config):
-    """A model saved by save_pretrained with quantized weights. The quantized tensors are memory
+    """A model saved by save_pretrained (qkv's parameter names). The quantized tensors are memory
     mapped as stored (never widened to float32); the float32 ones are read into arrays."""
     from qkv.io.checkpoint import _ShapesOnly, _resolve
 

@@ -242,7 +242,7 @@ def load_gpt2(cls, path, dtype=np.float32):
 
     folder = _folder(path)
     config = GPTConfig.from_hf(_read_config_of(folder, "gpt2"))
-    if quantization_of(folder):  # bf16/int8 weights written by save_pretrained: never widened to float32
+    if quantization_of(folder) is not None:  # written by save_pretrained (bf16/int8 weights never widened)
         return load_quantized(cls, folder, config)
     tensors = _strip_prefix(read_safetensors(folder), ("transformer.",))
     _check_layout(config, tensors, "wte.weight", "h.")
@@ -348,7 +348,7 @@ def load_bert(cls, path, dtype=np.float32):
 
     folder = _folder(path)
     config = BertConfig.from_hf(_read_config_of(folder, "bert"))
-    if quantization_of(folder):  # bf16/int8 weights written by save_pretrained: never widened to float32
+    if quantization_of(folder) is not None:  # written by save_pretrained (bf16/int8 weights never widened)
         return load_quantized(cls, folder, config)
     tensors = _strip_prefix(read_safetensors(folder), ("bert.", "model."))
     _check_layout(config, tensors, "embeddings.word_embeddings.weight", "encoder.layer.")
