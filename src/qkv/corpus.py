@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = 1            # manifest version
-CHUNK_ROWS = 1024     # items per chunk: the unit of work, of resume, and the window sorted by length
+CHUNK_ROWS = 256      # items per chunk: the unit of work, of resume, and the window sorted by length
 SEARCH_BLOCK = 65536  # rows of embeddings.npy per matrix product in search (flat memory)
 OURS = ("manifest.json", "embeddings.npy", "offsets.npy", "ids.jsonl", "done", "input.jsonl")  # what OUT may hold
 

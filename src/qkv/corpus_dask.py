@@ -16,6 +16,7 @@ Dask tasks; everything else (scan, manifest, done files, resume) is qkv.corpus's
   bytes twice. Nothing is lost or duplicated.
 """
 
+import hashlib
 import json
 import uuid
 
@@ -25,11 +26,15 @@ from qkv.corpus import CorpusError, embed_chunk, model_fingerprint
 
 
 class EncoderPlugin(WorkerPlugin):
-    """Loads the Encoder from `folder` once when a worker joins (or restarts)."""
+    """Loads the Encoder from `folder` once when a worker joins (or restarts). Idempotent: a later
+    job with the same model on the same cluster finds it loaded (the name holds the fingerprint and
+    the folder)."""
+
+    idempotent = True
 
     def __init__(self, folder, fingerprint, threads=1):
         self.folder, self.fingerprint, self.threads = str(folder), fingerprint, threads
-        self.name = f"qkv-encoder-{fingerprint}"
+        self.name = f"qkv-encoder-{fingerprint}-{hashlib.sha256(self.folder.encode()).hexdigest()[:8]}"
         self.model = self.error = None
 
     def setup(self, worker):
