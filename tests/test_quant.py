@@ -205,3 +205,13 @@ def test_errors_name_the_argument():
         QuantizedWeight("int8", (64, 8), wq.data, wq.scales.astype(np.float32))
     with pytest.raises(TypeError, match="indexed by row ids"):
         wq[np.array([0])]
+
+
+def test_qkv_info_names_the_quantized_kernel():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "qkv", "info", "--json"], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "QKV_SIMD": "scalar"})
+    assert json.loads(out.stdout)["quantized_linear"] == "plain C loops"

@@ -447,6 +447,36 @@ class SGEMM(Case):
         return self.a.astype(np.float64) @ self.b.astype(np.float64)
 
 
+class QuantDecode(Case):
+    """One decode row through GPT-2 small's LM head with bf16 or int8 weights (qkv.quantize_weight):
+    memory-bound, the weight streamed once, so GB/s is the figure (compare sgemv's float32 bytes).
+    torch: F.linear with bfloat16 weights (no int8 blocks there); the oracle dequantises in float64."""
+
+    op = "linear"
+
+    def __init__(self, rng, fmt):
+        import qkv
+
+        self.fmt, self.name, self.shape = fmt, f"linear_{fmt}_decode", "[1, 768] x [768, 50257]"
+        self.x, w = _rand(rng, (1, 768)), _rand(rng, (768, 50257), 0.02)
+        self.wq = qkv.quantize_weight(w, fmt)
+        self.w_bf16 = w.T.copy() if fmt == "bf16" else None  # (out, in) for torch
+        self.nbytes = self.wq.nbytes + self.x.nbytes + 50257 * 4
+        self.not_timed = {"numpy": "the oracle (dequantises in float64): not timed",
+                          "cuda": "QuantizedWeight runs on the CPU"}
+        if fmt != "bf16":
+            self.not_timed["torch"] = "torch has no Q8_0 (32-block int8) weights"
+
+    def build(self, impl):
+        if impl.is_torch:
+            torch = impl.ops
+            x = torch.from_numpy(self.x).to(torch.bfloat16)
+            w = torch.from_numpy(self.w_bf16).to(torch.bfloat16)
+            return lambda: torch.nn.functional.linear(x, w).float()
+        out = np.empty((1, 50257), np.float32)
+        return lambda: impl.ops.linear(self.x, self.wq, out=out)
+
+
 def headline_cases(seed=0, gemm_n=2048):
     rng = np.random.default_rng(seed)
     forward = [
@@ -458,6 +488,8 @@ def headline_cases(seed=0, gemm_n=2048):
         Decode(rng),
         SGEMM(rng, gemm_n),
     ]
+    rng_q = np.random.default_rng([seed, 2])  # the low-precision cases' own stream
+    forward += [QuantDecode(rng_q, "bf16"), QuantDecode(rng_q, "int8")]
     rng = np.random.default_rng([seed, 1])  # the backward cases' own stream: the forward inputs stay as they were
     backward = [
         LayerNormBackward(rng),
@@ -471,7 +503,8 @@ def headline_cases(seed=0, gemm_n=2048):
 
 # the table's order: each backward after its forward
 CASE_NAMES = ("softmax_masked", "layer_norm", "layer_norm_bwd", "gelu_bwd", "linear_gelu", "linear_gelu_bwd",
-              "attention", "attention_causal", "attention_causal_bwd", "decode", "sgemm")
+              "attention", "attention_causal", "attention_causal_bwd", "decode", "linear_bf16_decode",
+              "linear_int8_decode", "sgemm")
 
 
 # ---------------------------------------------------------------------------------------------

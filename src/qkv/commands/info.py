@@ -32,6 +32,7 @@ def collect():
             "cpu_supports": _runtime.SIMD_NAMES[_runtime.cpu_simd_level()],
         },
         "attention_kernels": attention_kernels(),
+        "quantized_linear": qkv.quant.kernel_info()[_config.simd_name()],  # bf16/int8 weights (csrc/quant.c)
         "openmp": _runtime.openmp_enabled(),
         "threads": qkv.get_num_threads(),
         "blas": blas_info(),
@@ -104,6 +105,7 @@ def run(args):
     simd = facts["simd"]
     print(f"SIMD        {simd['in_use']} (CPU supports {simd['cpu_supports']}; cap with QKV_SIMD)")
     print("attention   " + ", ".join(f"{k}: {v}" for k, v in facts["attention_kernels"].items()))
+    print(f"quantized   linear with bf16/int8 weights: {facts['quantized_linear']}")
     print(f"threads     {facts['threads']} (OpenMP {'on' if facts['openmp'] else 'off'}; OMP_NUM_THREADS or qkv.set_num_threads)")
     for b in facts["blas"]:
         if "error" in b:
