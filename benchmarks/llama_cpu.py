@@ -120,9 +120,11 @@ def main():
     token_bytes = 4 * n_params  # every weight once per token; the tied head reads the embedding matrix
     bw = _build.read_bandwidth(args.threads, 1 << 30)  # GB/s over a 1 GiB buffer, after the timings
     bound = token_bytes / (bw * 1e9)
-    meta = machine_meta(args.rounds, read_bandwidth_gbs=bw, parameters=n_params, **check)
+    meta = machine_meta(args.rounds, read_bandwidth_gbs=bw, parameters=n_params, load_average=os.getloadavg(),
+                        **check)
     lines = [f"# Llama layout (SmolLM-135M-shaped), CPU, float32 ({meta['date']})", "",
-             f"{machine_line(meta)} The machine is shared and was loaded during the run.", "",
+             f"{machine_line(meta)} The machine is shared: load average "
+             f"{'/'.join(f'{x:.1f}' for x in meta['load_average'])} at the end of the run.", "",
              f"Same weights on both sides (read from the folder transformers wrote): max |logits difference| "
              f"{check['max_abs_logit_diff']:.1e} on 64 tokens; greedy tokens equal for the first "
              f"{check['greedy_tokens_equal']} of {NEW}.", ""]

@@ -85,6 +85,40 @@ def _x(v):
     return "-" if v is None else f"{v:.2f}x"
 
 
+def llama_section():
+    """Markdown lines of the Llama-layout section, from llama_cpu.json (benchmarks/llama_cpu.py);
+    empty when it was not measured."""
+    path = os.path.join(RESULTS, "llama_cpu.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        res = json.load(f)
+    meta = res["meta"]
+    bound = res["bandwidth_bound_seconds_per_token"]
+    load = meta.get("load_average")
+    out = ["## Llama layout: SmolLM-135M-shaped forward and decode against transformers", "",
+           "`benchmarks/llama_cpu.py`: `qkv.nn.Llama` and transformers' `LlamaForCausalLM` on the same random "
+           "weights (30 layers, 576 wide, 9 query / 3 KV heads, SwiGLU 1536, vocab 49152, tied head; "
+           f"{meta['parameters'] / 1e6:.1f}M parameters; max |logits difference| {meta['max_abs_logit_diff']:.1e}), "
+           f"{meta['qkv_threads']} threads for both, median of {meta['rounds']} interleaved rounds, measured "
+           f"{meta['date']}" + (f" (load average {'/'.join(f'{x:.1f}' for x in load)} on {meta['cpus']} CPUs)"
+                                if load else f" on a shared, loaded machine ({meta['cpus']} CPUs)") + ". "
+           f"Decode's memory-bandwidth bound: every weight read once per token, {4 * meta['parameters'] / 1e6:.0f} "
+           f"MB at the {meta['read_bandwidth_gbs']:.1f} GB/s read bandwidth measured in the same run = "
+           f"{bound * 1e3:.0f} ms/token; *bound / time* is that over the measured time.", ""]
+    rows = []
+    for name, impls in res["figures"].items():
+        for impl, r in impls.items():
+            frac = r.get("fraction_of_bandwidth_bound")
+            rows.append([name if impl == "qkv" else "", impl,
+                         f"{r['seconds'] * 1e3:.1f} ms" + ("/token" if frac is not None else ""),
+                         f"**{r['qkv_speedup']:.2f}x**" if impl != "qkv" else "1.00x",
+                         "-" if frac is None else f"{frac:.2f}"])
+    out.append(_md_table(["workload", "implementation", "time", "its time / qkv's", "bound / time"], rows))
+    out.append("")
+    return out
+
+
 def render():
     with open(os.path.join(RESULTS, "qkv_bench_cpu.json")) as f:
         bench = json.load(f)
@@ -165,6 +199,7 @@ def render():
         out.append(_md_table(["L"] + impls, [[L] + [cell(get[(i, L)]) if (i, L) in get else "-" for i in impls]
                                              for L in Ls]))
         out.append("")
+    out += llama_section()
     out += ["## Reading these numbers", "",
             "- Medians after a warm-up, float32, on the threads listed above for qkv and torch alike. Other "
             "processes on the same cores move them: on a 2-core machine an OpenMP kernel whose thread is "
