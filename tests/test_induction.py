@@ -79,3 +79,52 @@ def test_attn_only_needs_pre_ln():
 
     with pytest.raises(ValueError, match="attn_only needs pre_ln=True"):
         Block(8, 2, 32, pre_ln=False, attn_only=True)
+
+
+# ----------------------------------------------------------------------------
+# the demo
+
+
+def test_batches_and_weights_are_seeded():
+    from qkv import induction
+
+    s = induction.Settings(steps=3, batch_size=4)
+    a, b = induction.train(s)[1], induction.train(s)[1]
+    assert a == b  # the same losses, bit for bit
+    ids, targets = induction.get_batch(s, 0)
+    n = s.n_min
+    assert ids.shape == (4, 2 * n) and (ids[:, 0] == induction.BOS).all()
+    np.testing.assert_array_equal(ids[:, 1:n + 1], targets[:, n:])  # the second copy repeats the first
+    assert not np.array_equal(induction.get_batch(s, 1)[0], ids)
+
+
+@pytest.mark.skipif(cpu_attention_backward_reason() is not None, reason=cpu_attention_backward_reason() or "")
+def test_demo_finds_an_induction_head(tmp_path):
+    """The demo's defaults: the best induction score >= 0.5, and zero-ablating that head raises the
+    second copy's loss by >= 1 nat."""
+    from qkv import induction
+
+    lines = []
+    res = induction.run(induction.Settings(), tmp_path, log=lines.append)
+    layer, head = res["best"]
+    assert res["induction"][layer, head] >= 0.5
+    assert res["second_ablated"] - res["second"] >= 1.0
+    assert res["second"] < res["first"] - 2.0  # the second copy is learned, the first is noise
+    assert res["first"] == pytest.approx(np.log(induction.Settings.vocab_size - 1), abs=0.2)
+    assert res["png"].is_file() and res["png"].stat().st_size > 5000
+    text = "\n".join(lines)
+    assert "<- best induction head" in text and "zero-ablating head" in text
+
+
+def test_demo_command(tmp_path, capsys):
+    from qkv.cli import main
+
+    assert main(["demo", "induction", "--steps", "2", "--seed", "3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "second copy" in out and (tmp_path / "induction_head.png").is_file()
+    assert main(["demo", "induction", "--out", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    for bad in (["demo", "inductio"], ["demo", "induction", "--steps", "0"], ["demo", "induction", "--seed", "-1"]):
+        with pytest.raises(SystemExit) as e:  # argparse: one line, exit 2
+            main(bad)
+        assert e.value.code == 2

