@@ -261,6 +261,7 @@ def test_bad_arguments_are_one_line_exit_2(tmp_path, model, capsys, tiny):
         (["--input", good, "--model", f], "--input needs --output"),
         (["--output", tmp_path / "o4", "--model", f], "give --input FILE too"),
         (["hello", "--input", good, "--output", tmp_path / "o5", "--model", f], "not both"),
+        (["--input", good, "--output", tmp_path / "o5", "--model", f, "--quantize", "int8"], "--quantize is for TEXT"),
         (["--input", good, "--output", tmp_path / "o6", "--model", f, "--dask", "local:0"], "local:N"),
         (["--input", good, "--output", tmp_path / "o6", "--model", f, "--dask", "many"], "scheduler address"),
     ]

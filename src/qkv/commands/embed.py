@@ -53,6 +53,8 @@ def run_corpus(args):
         raise CommandError("--input embeds a whole file into --output; give TEXTs/--file or --input, not both")
     if not args.output:
         raise CommandError("--input needs --output OUT (a folder for embeddings.npy)")
+    if args.quantize:  # the workers and a resumed run would have to quantize alike: not done yet
+        raise CommandError("--quantize is for TEXT/--file; --input embeds with the float32 weights")
     if args.dask:
         try:
             from qkv.corpus_dask import parse_spec
