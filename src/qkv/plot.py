@@ -1,5 +1,9 @@
 """Pictures of what attention does (matplotlib, a dependency of qkv).
 
+``grid_heatmap(values, path, row_labels=..., col_labels=...)`` draws one (rows, columns) grid with a
+word in each cell: the logit lens (layers x positions, the top token, coloured by its probability)
+and activation patching (layers x positions, the patching effect) of ``qkv inspect``.
+
 ``attention_heatmap(weights, tokens, path)`` draws one panel per head of an attention pattern
 (queries down, keys across, token labels on both axes), or one panel of the mean over heads, and
 writes a PNG. ``weights`` is what ``qkv.attention(..., return_weights=True)`` or a model trace returns
@@ -22,6 +26,7 @@ SMALL_PANEL_IN = 2.5  # a panel is at least this big when the figure has room fo
 LABEL_PITCH_IN = 0.12  # the least room between two tick labels, inches (labels are 7 pt)
 LABEL_CHAR_IN = 0.065  # width of one character of a 7-pt label, inches (DejaVu Sans, roughly)
 MAX_SIDE_PX = 4000  # no side of the PNG is larger, whatever the input
+TEXT_CELL_IN = (0.6, 0.3)  # grid_heatmap: a cell this big (width, height) holds a 7-pt label
 
 
 def _pyplot():
@@ -146,5 +151,63 @@ def attention_heatmap(weights, tokens, path, *, key_tokens=None, heads=None, tit
     if not path.suffix:  # what matplotlib would do, said here so the returned path is the file's
         path = path.with_suffix(".png")
     fig.savefig(path, dpi=lay.dpi)  # no bbox_inches="tight": it would let a long title grow the PNG
+    plt.close(fig)
+    return path
+
+
+def grid_heatmap(values, path, *, row_labels, col_labels, cell_text=None, cmap="viridis", vmin=None, vmax=None,
+                 colorbar_label="", xlabel="", ylabel="", title=None, dpi=100):
+    """Write a PNG of one (R, K) grid of values and return its path (``.png`` added if it has no suffix).
+
+    Row 0 is drawn at the bottom (layers go up, as a network is drawn); ``row_labels`` (R) and
+    ``col_labels`` (K) label the axes; ``cell_text`` (R, K) strings are written in the cells while
+    they fit (cells of at least TEXT_CELL_IN), colour = the value. The figure is bounded as
+    attention_heatmap's: no side over MAX_SIDE_PX, labels thinned to one in ``stride`` past what fits.
+    """
+    v = np.asarray(values.get() if hasattr(values, "get") else values, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"grid_heatmap: values must be (rows, columns), got shape {v.shape}")
+    R, K = v.shape
+    if len(row_labels) != R or len(col_labels) != K:
+        raise ValueError(f"grid_heatmap: {len(row_labels)} row and {len(col_labels)} column labels for values of "
+                         f"shape {v.shape}")
+    if cell_text is not None and np.shape(cell_text) != v.shape:
+        raise ValueError(f"grid_heatmap: cell_text has shape {np.shape(cell_text)}, values {v.shape}")
+    left = LABEL_CHAR_IN * min(max(map(len, row_labels), default=1), 16) + 0.55
+    bottom = LABEL_CHAR_IN * min(max(map(len, col_labels), default=1), 16) + 0.55
+    top, right = 0.3 + 0.45 * bool(title), 1.4
+    room_w, room_h = MAX_SIDE_PX / dpi - left - right, MAX_SIDE_PX / dpi - bottom - top
+    cell_w = min(TEXT_CELL_IN[0] if cell_text is not None else 0.3, room_w / K)
+    cell_h = min(TEXT_CELL_IN[1] if cell_text is not None else 0.3, room_h / R)
+    show_text = cell_text is not None and cell_w >= TEXT_CELL_IN[0] * 0.6 and cell_h >= TEXT_CELL_IN[1] * 0.6
+    grid_w, grid_h = max(cell_w * K, 2.0), max(cell_h * R, 2.0)  # room for the axis and colour-bar labels
+    fig_w, fig_h = left + grid_w + right, bottom + grid_h + top
+    sx = math.ceil(K / max(1, int(grid_w / LABEL_PITCH_IN)))
+    sy = math.ceil(R / max(1, int(grid_h / LABEL_PITCH_IN)))
+    plt = _pyplot()
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes([left / fig_w, bottom / fig_h, grid_w / fig_w, grid_h / fig_h])
+    im = ax.imshow(v, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest", origin="lower")
+    ax.set_xticks(range(0, K, sx), list(col_labels)[::sx], rotation=90, fontsize=7)
+    ax.set_yticks(range(0, R, sy), list(row_labels)[::sy], fontsize=7)
+    ax.set_xlabel(xlabel + ("" if sx == 1 else f" (1 in {sx} labelled)"), fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    if show_text:
+        size = max(4.0, min(7.0, 72 * cell_h * 0.5))
+        for r in range(R):
+            for c in range(K):
+                rgba = im.cmap(im.norm(v[r, c]))
+                dark = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
+                ax.text(c, r, str(cell_text[r][c])[:8], ha="center", va="center", fontsize=size,
+                        color="white" if dark else "black", clip_on=True)
+    cb_h = min(grid_h, 4.0)
+    cax = fig.add_axes([(left + grid_w + 0.25) / fig_w, (bottom + grid_h - cb_h) / fig_h, 0.15 / fig_w, cb_h / fig_h])
+    fig.colorbar(im, cax=cax, label=colorbar_label)
+    if title:
+        fig.suptitle(title, y=1 - 0.1 / fig_h, va="top", fontsize=10)
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    fig.savefig(path, dpi=min(dpi, math.floor(MAX_SIDE_PX / max(fig_w, fig_h))))
     plt.close(fig)
     return path
