@@ -76,11 +76,11 @@ class GPT(_hooks.HookedModel, Module):
         tape = getattr(self, "_tape", None)
         if tape is None or tape.scratch.xp is not xp or tape.scratch.dtype != wte.dtype:
             tape = self._tape = Tape(Scratch(xp, wte.dtype))
-        tape.grads.clear()
             tape.names = [name for name, _ in self.named_parameters()]
+        tape.grads.clear()
         blocks = [tape.child(f"h.{i}", work=f"h.{i % 2}") for i in range(len(self.h))]  # backward: 2 sets by parity
-        # forward: the residual stream of each layer lives in its own buffer, kept for the backward
 
+        # forward: the residual stream of each layer lives in its own buffer, kept for the backward
         x = self.embeddings.forward_train(ids, tape.child("embeddings"))  # (B, T, C)
         for i, block in enumerate(self.h):
             x = block.forward_train(x, blocks[i], out=tape.buf(f"h.{i}.out", x.shape))
