@@ -2,7 +2,8 @@
 rounds, medians), at nanoGPT's shapes.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/train_cpu.py \\
-        [--models baby,char,small] [--rounds 7] [--out benchmarks/results/train_cpu]
+        [--models baby,char,small] [--rounds 7] [--threads N] [--cpu-time] [--memory] \\
+        [--out benchmarks/results/train_cpu]
 
 A step is what the training loop does per batch: forward, backward, global-norm clipping at 1.0
 and an AdamW update, on the same model, batch and thread count:
@@ -18,11 +19,21 @@ FLOPs per step: 6 N (B T) for the parameters' matmuls (N all parameters; the tie
 work) plus attention's 12 L T C per token (forward + backward, nanoGPT's estimate_mfu count,
 without halving for the causal mask); reported as a fraction of this machine's float32 FMA peak
 measured in the same run. Writes <out>.json and <out>.md.
+
+--threads N: both libraries on N threads (default: qkv's count). --cpu-time: time each step by the
+process's CPU time instead of the wall clock (with --threads 1 that is the work done, whatever else
+the shared machine runs). --memory: each implementation's peak memory of training, in a child
+process per implementation: the resident set polled while the optimizer is built and 3 steps run,
+minus the resident set once the model's weights exist (so: gradients, optimizer moments,
+activations and every transient).
 """
 
 import argparse
 import os
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +43,7 @@ from qkv._bench import fma_peak
 from qkv.nn import GPT, GPTConfig
 from qkv.optim import AdamW, clip_grad_norm
 
-from _report import interleaved_medians, machine_line, machine_meta, write  # benchmarks/_report.py
+from _report import _call_seconds, interleaved_medians, machine_line, machine_meta, write  # benchmarks/_report.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
 try:
@@ -52,6 +63,72 @@ MODELS = {
 def step_flops(m, n_params):
     tokens = m["batch"] * m["block_size"]
     return 6 * n_params * tokens + 12 * m["n_layer"] * m["block_size"] * m["n_embd"] * tokens
+
+
+def cpu_seconds(fn):
+    c0 = time.process_time()
+    fn()
+    return time.process_time() - c0
+
+
+def memory_child(name, impl, threads):
+    """In a child process: peak MiB of building the optimizer and 3 training steps of ``impl`` on model
+    ``name``, over the resident set once the weights exist (printed on the last line)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    m = MODELS[name]
+    qkv.set_num_threads(threads)
+    cfg = GPTConfig(vocab_size=m["vocab"], block_size=m["block_size"], n_layer=m["n_layer"], n_head=m["n_head"],
+                    n_embd=m["n_embd"])
+    model = GPT(cfg).init_weights(0)
+    ids = np.random.default_rng(0).integers(0, m["vocab"], (m["batch"], m["block_size"] + 1))
+    x, y = np.ascontiguousarray(ids[:, :-1]), np.ascontiguousarray(ids[:, 1:])
+    if impl == "torch":
+        torch.set_num_threads(threads)
+        tm = TorchGPT(m["vocab"], m["block_size"], m["n_layer"], m["n_head"], m["n_embd"])
+        tm.load_qkv(dict(model.named_parameters()))
+        del model
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    peak, done = [0], threading.Event()
+
+    def sample():  # every 0.2 ms while the steps run
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.0002)
+
+    before = rss()
+    t = threading.Thread(target=sample)
+    t.start()
+    if impl == "torch":
+        topt = tm.adamw(lr=1e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+        for _ in range(3):
+            topt.zero_grad(set_to_none=True)
+            tm(tx, ty).backward()
+            torch.nn.utils.clip_grad_norm_(tm.parameters(), 1.0)
+            topt.step()
+    else:
+        opt = AdamW(model.named_parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)
+        for _ in range(3):
+            _, grads = model.value_and_grad(x, y)
+            clip_grad_norm(grads, 1.0)
+            opt.step(grads)
+    done.set()
+    t.join()
+    print((max(peak[0], rss()) - before) / 2**20)
+
+
+def peak_memory(name, impl, threads):
+    """memory_child in a fresh process; None (and its last error line on stderr) if it fails."""
+    res = subprocess.run([sys.executable, __file__, "--memory-child", name, impl, "--threads", str(threads)],
+                         capture_output=True, text=True)
+    if res.returncode:
+        print(f"memory probe of {impl} on {name} failed: {res.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return float(res.stdout.strip().splitlines()[-1])
 
 
 def workload(name, m, rng):
@@ -92,12 +169,21 @@ def main():
     ap.add_argument("--models", default="baby", help="comma-separated: " + ",".join(MODELS))
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", default="benchmarks/results/train_cpu")
+    ap.add_argument("--threads", type=int, default=None, help="threads for both (default: qkv's count)")
+    ap.add_argument("--cpu-time", action="store_true", help="time steps by process CPU time (use with --threads 1)")
+    ap.add_argument("--memory", action="store_true", help="also each implementation's peak memory of training")
+    ap.add_argument("--memory-child", nargs=2, metavar=("MODEL", "IMPL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
+    threads = args.threads or qkv.get_num_threads()
+    if args.memory_child:
+        return memory_child(*args.memory_child, threads)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         ap.error(f"unknown models {unknown}; choose from {list(MODELS)}")
-    threads = qkv.get_num_threads()
+    qkv.set_num_threads(threads)
     if torch is not None:
         torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
@@ -107,26 +193,32 @@ def main():
     for name in names:
         label, impls, f, n = workload(name, MODELS[name], rng)
         rows[label], flops[label], params[label] = impls, f, n
-    med = interleaved_medians(rows, args.rounds)
+    med = interleaved_medians(rows, args.rounds, cpu_seconds if args.cpu_time else _call_seconds)
+    memory = {label: {impl: peak_memory(name, impl, threads) for impl in rows[label]}
+              for label, name in zip(rows, names)} if args.memory else None
     peak_after = fma_peak(threads, 0.2)
     peak = max(peak_before["gflops"], peak_after["gflops"])
     load_after = os.getloadavg()[0]
+    clock = "process CPU time" if args.cpu_time else "wall clock"
     meta = machine_meta(args.rounds, fma_peak_before=peak_before, fma_peak_after=peak_after,
-                        load_average=[load_before, load_after])
+                        load_average=[load_before, load_after], clock=clock)
     lines = [f"# One training step on the CPU ({meta['date']})", "", machine_line(meta), "",
              f"float32 FMA peak on {threads} threads ({peak_before['simd']}): {peak_before['gflops']:.0f} GFLOP/s "
              f"before, {peak_after['gflops']:.0f} after (the larger is the roofline below). Load average "
              f"(1 min) {load_before:.1f} before, {load_after:.1f} after"
              + (": above the CPU count, other jobs shared the cores and every figure is low."
-                if max(load_before, load_after) > (os.cpu_count() or 1) else "."), "",
-             "| model | params | implementation | ms/step | GFLOP/s | % of FMA peak | torch / qkv | target |",
-             "|---|---|---|---|---|---|---|---|"]
+                if max(load_before, load_after) > (os.cpu_count() or 1) else ".")
+             + f" Step times by the {clock}.", "",
+             "| model | params | implementation | ms/step | GFLOP/s | % of FMA peak | torch / qkv | target |"
+             + (" peak MiB |" if memory else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if memory else "")]
     results = {}
     for (label, impls), name in zip(med.items(), names):
         res = {}
         for impl, t in impls.items():
             gf = flops[label] / t / 1e9
-            res[impl] = {"seconds": t, "gflops": gf, "peak_fraction": gf / peak}
+            res[impl] = {"seconds": t, "gflops": gf, "peak_fraction": gf / peak,
+                         **({"peak_mib": memory[label][impl]} if memory else {})}
         speedup = impls["torch"] / impls["qkv"] if "torch" in impls else None
         target = MODELS[name]["target"]
         results[label] = {"impls": res, "speedup": speedup, "target": target, "flops": flops[label],
@@ -134,8 +226,9 @@ def main():
         for impl, r in res.items():
             sp = "" if impl != "qkv" or speedup is None else f"{speedup:.2f}x"
             tg = "" if impl != "qkv" else f">= {target}x: {'yes' if speedup and speedup >= target else 'no'}"
+            mem = "" if not memory else (" n/a |" if r["peak_mib"] is None else f" {r['peak_mib']:.0f} |")
             lines.append(f"| {label} | {params[label] / 1e6:.2f}M | {impl} | {r['seconds'] * 1e3:.1f} | "
-                         f"{r['gflops']:.1f} | {100 * r['peak_fraction']:.1f}% | {sp} | {tg} |")
+                         f"{r['gflops']:.1f} | {100 * r['peak_fraction']:.1f}% | {sp} | {tg} |" + mem)
     write(args.out, "\n".join(lines) + "\n", {"meta": meta, "results": results})
 
 
