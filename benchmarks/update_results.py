@@ -119,6 +119,52 @@ def llama_section():
     return out
 
 
+def hooks_section():
+    """Markdown lines of the Looking-inside section, from hooks_cpu.json and hooks_cpu_1thread.json
+    (benchmarks/hooks_cpu.py); empty when neither was measured."""
+    runs = []
+    for name in ("hooks_cpu", "hooks_cpu_1thread"):
+        path = os.path.join(RESULTS, name + ".json")
+        if os.path.exists(path):
+            with open(path) as f:
+                runs.append(json.load(f))
+    if not runs:
+        return []
+    meta = runs[0]["meta"]
+    out = ["## Looking inside: run_with_cache against TransformerLens (GPT-2 small, L = 256, float32)", "",
+           "`benchmarks/hooks_cpu.py`: `GPT.run_with_cache` (every hook point but attn.hook_result) and "
+           f"TransformerLens {meta['transformer_lens']}'s `run_with_cache` (TransformerBridge on the same random "
+           "GPT-2 small weights written as a Hugging Face folder; autograd off unless said) in one process, "
+           f"interleaved rounds, medians; every cached activation agrees to "
+           f"{max(runs[0]['max_abs_diff_vs_transformer_lens'].values()):.0e}. Peak memory: the extra resident set "
+           "of one call after a warm-up, in a child process, the returned cache included (qkv's cache holds "
+           f"{min(r['cache_mib'] for r in runs):.0f} MiB, the logits 49 MiB). Measured {meta['date']} on a shared machine "
+           f"({meta['cpus']} CPUs) under load average "
+           + ", ".join(f"{r['meta']['load_average'][0]:.0f}-{r['meta']['load_average'][1]:.0f}" for r in runs)
+           + ": every time is inflated, qkv's (two thread pools that wait for each other) more than torch's.", ""]
+    rows = []
+    for r in runs:
+        threads = r["meta"]["qkv_threads"]
+        (cache_name, cache), (_, fwd) = r["medians_s"].items()
+        mem = r["peak_extra_mib"]
+        mems = [mem["qkv"], mem["tl_same"], mem["tl_all"], mem["tl_grad"]]
+        for (impl, t), m in zip(cache.items(), mems):
+            rows.append([f"{threads}" if impl == "qkv" else "", impl, f"{t * 1e3:.0f} ms",
+                         "1.00x" if impl == "qkv" else f"**{t / cache['qkv']:.2f}x**",
+                         "-" if m is None else f"{m:.0f} MiB",
+                         "-" if m is None or mem["qkv"] is None else f"{mem['qkv'] / m:.2f}"])
+        before = fwd.get("qkv before hooks")
+        rows.append(["", "qkv forward without hooks (before hooks existed)",
+                     f"{fwd['qkv'] * 1e3:.0f} ms" + (f" ({before * 1e3:.0f} ms)" if before else ""), "", "", ""])
+    out.append(_md_table(["threads", "implementation", "time", "its time / qkv's", "peak extra memory",
+                          "qkv's memory / its"], rows))
+    fwd_s = list(runs[0]["medians_s"].values())[1]["qkv"]
+    out += ["", f"With no hook active a forward checks one attribute ({runs[0]['hook_check_s'] * 1e9:.0f} ns, "
+            f"{runs[0]['hook_check_s'] / fwd_s * 100:.0e} % of the forward); the end-to-end before/after "
+            "difference is within this machine's noise.", ""]
+    return out
+
+
 def render():
     with open(os.path.join(RESULTS, "qkv_bench_cpu.json")) as f:
         bench = json.load(f)
@@ -200,6 +246,7 @@ def render():
                                              for L in Ls]))
         out.append("")
     out += llama_section()
+    out += hooks_section()
     out += ["## Reading these numbers", "",
             "- Medians after a warm-up, float32, on the threads listed above for qkv and torch alike. Other "
             "processes on the same cores move them: on a 2-core machine an OpenMP kernel whose thread is "
