@@ -85,6 +85,64 @@ def _x(v):
     return "-" if v is None else f"{v:.2f}x"
 
 
+def training_section():
+    """Markdown lines of the training section, from train_cpu*.json (benchmarks/train_cpu.py) and
+    train_quality.json/.png (benchmarks/train_quality.py); empty when none was measured."""
+    out = []
+    runs = [(name, os.path.join(RESULTS, f"{name}.json")) for name in ("train_cpu", "train_cpu_1thread")]
+    runs = [(name, path) for name, path in runs if os.path.exists(path)]
+    if not runs and not os.path.exists(os.path.join(RESULTS, "train_quality.json")):
+        return out
+    out += ["## Training: one step (forward, backward, clipping, AdamW) against PyTorch eager", "",
+            "`benchmarks/train_cpu.py`: `GPT.value_and_grad` + `clip_grad_norm` + `AdamW.step` against a "
+            "nanoGPT-style `torch.nn` GPT from the same weights on the same batch, same thread count, "
+            "interleaved rounds. *torch / qkv* is torch's step time over qkv's; % FMA peak is 6·N·tokens + "
+            "attention FLOPs over the FMA peak measured in the same run. Peak MiB: the resident set's growth "
+            "while the optimizer is built and 3 steps run, in a fresh process per implementation, over the "
+            "process with the weights loaded.", ""]
+    for name, path in runs:
+        with open(path) as f:
+            res = json.load(f)
+        meta = res["meta"]
+        peak = max(meta["fma_peak_before"]["gflops"], meta["fma_peak_after"]["gflops"])
+        load = "/".join(f"{x:.1f}" for x in meta["load_average"])
+        out += [f"{meta['qkv_threads']} thread{'s' if meta['qkv_threads'] > 1 else ''} for both, step time by the "
+                f"{meta.get('clock', 'wall clock')}, median of {meta['rounds']} rounds, measured {meta['date']} "
+                f"(load average {load} on {meta['cpus']} CPUs; FMA peak {peak:.0f} GFLOP/s"
+                + (", measured by the wall clock under that load, so the % column overstates"
+                   if meta.get("clock") == "process CPU time" else "") + "):", ""]
+        rows = []
+        mem = any("peak_mib" in r for v in res["results"].values() for r in v["impls"].values())
+        for label, v in res["results"].items():
+            for impl, r in v["impls"].items():
+                ratio = "" if impl != "qkv" or v["speedup"] is None else f"**{v['speedup']:.2f}x**"
+                target = "" if impl != "qkv" else f">= {v['target']}x"
+                row = [label if impl == "qkv" else "", impl, f"{r['seconds'] * 1e3:.1f} ms", f"{r['gflops']:.1f}",
+                       f"{100 * r['peak_fraction']:.0f}%", ratio, target]
+                if mem:
+                    row.append("-" if r.get("peak_mib") is None else f"{r['peak_mib']:.0f}")
+                rows.append(row)
+        out.append(_md_table(["model", "implementation", "step", "GFLOP/s", "% FMA peak", "torch / qkv", "target"]
+                             + (["peak MiB"] if mem else []), rows))
+        out.append("")
+    q_path = os.path.join(RESULTS, "train_quality.json")
+    if os.path.exists(q_path):
+        with open(q_path) as f:
+            q = json.load(f)
+        meta, ev, sec = q["meta"], q["evals"], q["seconds"]
+        last = {impl: ev[impl][-1][1] for impl in ev}
+        out += ["### Training curves: the baby GPT, qkv and torch from the same initialisation and batches", "",
+                f"`benchmarks/train_quality.py`, measured {meta['date']}: {meta['steps']} steps of the baby preset "
+                f"on {meta['text_chars']:,} characters (vocabulary {meta['vocab']}), qkv and torch alternating "
+                f"step by step on {meta['qkv_threads']} threads. Final validation loss qkv {last['qkv']:.4f}, torch "
+                f"{last['torch']:.4f}; time of the steps qkv {sec['qkv']:.0f} s, torch {sec['torch']:.0f} s"
+                + (" (measured before the step times above, on the qkv of that date)."
+                   if runs and any(json.load(open(path))["meta"]["date"] > meta["date"] for _, path in runs) else "."),
+                "",
+                "![training loss of qkv and torch](benchmarks/results/train_quality.png)", ""]
+    return out
+
+
 def llama_section():
     """Markdown lines of the Llama-layout section, from llama_cpu.json (benchmarks/llama_cpu.py);
     empty when it was not measured."""
@@ -245,6 +303,7 @@ def render():
         out.append(_md_table(["L"] + impls, [[L] + [cell(get[(i, L)]) if (i, L) in get else "-" for i in impls]
                                              for L in Ls]))
         out.append("")
+    out += training_section()
     out += llama_section()
     out += hooks_section()
     out += ["## Reading these numbers", "",
