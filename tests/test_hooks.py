@@ -7,7 +7,7 @@ import pytest
 
 import qkv
 from hooks_reference import encoder_forward, gpt_forward, small_encoder, small_gpt
-from qkv.nn import ActivationCache, hook_names
+from qkv.nn import ActivationCache, hook_names, hooks
 
 IDS = np.random.default_rng(1).integers(0, 64, (2, 13))
 
@@ -240,3 +240,6 @@ def test_bad_names_and_hooks(model):
     with pytest.raises(KeyError, match="close names"):
         model.run_with_cache(IDS, names=["hook_embed"])[1]["hook_embd"]
     np.testing.assert_array_equal(model(IDS), model.run_with_cache(IDS, names=[])[0])  # still usable after errors
+    cross = qkv.nn.MultiHeadAttention(32, 4, cross=True)
+    with pytest.raises(ValueError, match="hooks cover multi-head self-attention"):
+        hooks.attention(cross, np.zeros((1, 3, 32), np.float32), hooks.HookPoints(hooks._Run({}, set())))

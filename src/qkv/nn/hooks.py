@@ -326,8 +326,9 @@ def pattern(q, k, lse, scale, causal, mask=None, kv_lengths=None):
 def attention(mha, x, hp, mask=None, kv_lengths=None, cache=None, layer=0):
     """MultiHeadAttention (self-attention): x (B, L, C) -> (B, L, C) through hook_q/k/v, hook_pattern,
     hook_z and hook_result."""
-    if mha.cross:
-        raise ValueError("hooks cover self-attention; this MultiHeadAttention is cross-attention")
+    if mha.cross or getattr(mha, "n_kv_head", mha.n_head) != mha.n_head or getattr(mha, "rope", None) is not None:
+        raise ValueError("hooks cover multi-head self-attention without rotary positions (GPT, Encoder); this "
+                         "MultiHeadAttention is cross-attention, grouped-query or rotary")
     B, L, C = x.shape
     H, d = mha.n_head, mha.head_dim
     xp = namespace(x)
