@@ -223,6 +223,37 @@ def hooks_section():
     return out
 
 
+def embed_corpus_section():
+    """Markdown lines of the corpus-embedding section, from embed_corpus.json
+    (benchmarks/embed_corpus.py); empty when it was not measured."""
+    path = os.path.join(RESULTS, "embed_corpus.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        res = json.load(f)
+    meta, rows, acc = res["meta"], res["rows"], res["accuracy"]
+    single, st = rows["qkv, 1 process x 2 threads"], rows["sentence-transformers encode, 2 torch threads"]
+    dask = rows["qkv, --dask local:2 (2 processes x 1 thread)"]
+    load = "/".join(f"{x:.1f}" for x in meta["load_average"])
+    cut = (f" (the run asked for {meta['lines_asked']:,} and was stopped after {meta['lines']:,}: every round "
+           "runs all four ways, so the figures cover the same lines)") if meta["lines"] < meta["lines_asked"] else ""
+    out = ["## Embedding a corpus: `qkv embed --input` against sentence-transformers", "",
+           f"`benchmarks/embed_corpus.py`: all-MiniLM-L6-v2 on {meta['lines']:,} lines{cut} of standard-library "
+           "docstring sentences, batches of 32, the four ways taking turns on slices of the lines; measured "
+           f"{meta['date']} on {meta['cpus']} CPUs under load average {load}, so the absolute items/s are low. "
+           "qkv's time includes the whole job (scan, sorting, writing embeddings.npy, done marks); start-up "
+           "(the Dask cluster, the multi-process pool) is timed apart.", ""]
+    table = [[way, f"{r['items_per_s']:.1f}", f"{r['items_per_s'] / single['items_per_s']:.2f}x",
+              "-" if "startup_seconds" not in r else f"{r['startup_seconds']:.0f} s"] for way, r in rows.items()]
+    out.append(_md_table(["way", "items/s", "items/s vs qkv 1 process", "start-up"], table))
+    out += ["", f"qkv 1 process / sentence-transformers encode: **{single['items_per_s'] / st['items_per_s']:.2f}x** "
+            f"(goal 1.5x); Dask local:2 / qkv 1 process: **{dask['items_per_s'] / single['items_per_s']:.2f}x** "
+            f"(goal within 10%). Same vectors: cosine qkv vs sentence-transformers >= "
+            f"{acc['min_cosine_qkv_vs_st']:.7f} (max |diff| {acc['max_abs_diff_qkv_vs_st']:.1e}); Dask vs 1 "
+            f"process max |diff| {acc['max_abs_diff_dask_vs_single']:.1e}.", ""]
+    return out
+
+
 def render():
     with open(os.path.join(RESULTS, "qkv_bench_cpu.json")) as f:
         bench = json.load(f)
@@ -306,6 +337,7 @@ def render():
     out += training_section()
     out += llama_section()
     out += hooks_section()
+    out += embed_corpus_section()
     out += ["## Reading these numbers", "",
             "- Medians after a warm-up, float32, on the threads listed above for qkv and torch alike. Other "
             "processes on the same cores move them: on a 2-core machine an OpenMP kernel whose thread is "
