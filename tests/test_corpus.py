@@ -54,11 +54,47 @@ def files_of(out):
 # resume: SIGKILL at seeded moments, then the same command, gives the uninterrupted bytes
 
 
-def child(inp, out, tiny):
-    cmd = [sys.executable, "-m", "qkv", "embed", "--input", str(inp), "--output", str(out), "--model", tiny,
-           "--chunk-size", "64"]
+# The child dies by its own SIGKILL at the n-th call of one of the file-system steps the job is made
+# of, so every kill lands, and lands at the same place on every machine, however loaded:
+#   pwrite   half of a chunk's rows reach the file, then the kill (a half-written chunk)
+#   fsync    just before an fsync (data written, not yet durable: the scan, the manifest, a chunk)
+#   replace  just before an atomic rename (a done mark or the manifest still under its temporary name)
+#   renamed  just after a rename, before its folder is fsynced
+KILLER = """
+import os, signal, sys
+kind, n = sys.argv[1], int(sys.argv[2])
+name = {"renamed": "replace"}.get(kind, kind)
+real, calls = getattr(os, name), [0]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def wrapped(*a, **kw):
+    calls[0] += 1
+    if calls[0] != n:
+        return real(*a, **kw)
+    if kind == "pwrite":
+        fd, data, where = a
+        data = memoryview(data).cast("B")
+        real(fd, data[: len(data) // 2], where)
+        die()
+    if kind != "renamed":
+        die()
+    real(*a, **kw)
+    die()
+
+setattr(os, name, wrapped)
+from qkv.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def child(inp, out, tiny, kill=None):
+    """``qkv embed --input INP --output OUT`` in a child process; ``kill=(kind, n)`` (see KILLER)."""
+    argv = ["embed", "--input", str(inp), "--output", str(out), "--model", str(tiny), "--chunk-size", "64"]
+    head = [sys.executable, "-c", KILLER, kill[0], str(kill[1])] if kill else [sys.executable, "-m", "qkv"]
     env = dict(os.environ, QKV_PROGRESS="0")
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(head + argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def n_done(out):
@@ -70,32 +106,23 @@ def test_resume_after_sigkill_gives_identical_bytes(tmp_path, tiny):
     inp = tmp_path / "corpus.txt"
     inp.write_text("\n".join(sentences(1500, max_words=30)) + "\n")  # 24 chunks of 64
     ref = child(inp, tmp_path / "ref", tiny)
-    assert ref.wait(120) == 0, ref.stderr.read().decode()
+    assert ref.wait(300) == 0, ref.stderr.read().decode()
+    # seeded kill points, one run each on the same OUT; the first one lands during the set-up
     rng = np.random.default_rng(15)
+    kills = [("fsync", 1), ("pwrite", int(rng.integers(1, 6))), ("replace", int(rng.integers(1, 6))),
+             ("renamed", int(rng.integers(1, 6))), ("fsync", int(rng.integers(2, 8)))]
     out = tmp_path / "out"
-    # the first kill lands at a seeded time (start-up, scan or the first chunks); the others once a
-    # seeded number of chunks is done, plus a seeded few milliseconds (inside a chunk's write)
-    kills = []
-    for attempt in range(4):
-        p = child(inp, out, tiny)
-        if attempt == 0:
-            time.sleep(rng.uniform(0.3, 1.5))
-        else:
-            target = int(rng.integers(n_done(out) + 1, 24))
-            while p.poll() is None and n_done(out) < target:
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0, 0.03))
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            kills.append(n_done(out))
-        p.wait(60)
-    assert kills, "every run finished before its kill"
+    for kill in kills:
+        p = child(inp, out, tiny, kill)
+        assert p.wait(300) == -signal.SIGKILL, f"the run to be killed at {kill} ended by itself: " + \
+            p.stderr.read().decode()[-500:]
+    assert 0 < n_done(out) < 24
     p = child(inp, out, tiny)
-    assert p.wait(120) == 0, p.stderr.read().decode()
+    assert p.wait(300) == 0, p.stderr.read().decode()
     want, got = files_of(tmp_path / "ref"), files_of(out)
     assert sorted(got) == sorted(want)
     for name in want:
-        assert got[name] == want[name], f"{name} differs after kills at {kills} chunks done"
+        assert got[name] == want[name], f"{name} differs after the kills {kills}"
 
 
 def test_a_chunk_not_marked_done_is_rewritten(tmp_path, model):

@@ -303,8 +303,13 @@ def _clear(out, keep):
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
-    for p in out.glob("*.tmp*"):
-        p.unlink()
+    _remove_temporaries(out)
+
+
+def _remove_temporaries(out):
+    """Delete the temporary files of writes a kill interrupted (never renamed, so never read)."""
+    for p in [*out.glob("*.tmp*"), *out.glob("done/*.tmp*")]:
+        p.unlink(missing_ok=True)
 
 
 def _check_out(out, overwrite):
@@ -374,6 +379,7 @@ def embed_corpus(model, source, out, *, batch_size=32, field=None, id_field="id"
         if diff:
             raise CorpusError(f"--output {out} holds embeddings of another job (differs in {', '.join(diff)}: "
                               f"it was {m['input']['path']}); pass --overwrite to replace it, or give another folder")
+        _remove_temporaries(out)  # a resumed job: what its killed run was writing is redone
     else:  # a new job: start from nothing, then scan
         _clear(out, keep=src)
         with progress_bar(total=want["input"]["size"], desc="scan", unit="B", unit_scale=True, stream=stream) as bar:
