@@ -78,35 +78,24 @@ def gpt_models():
 
 
 PEAK_CHILD = r"""
-import os, sys, threading, time
+import sys
 import numpy as np
-page = os.sysconf("SC_PAGE_SIZE")
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * page
+from _memory import peak_during
 import qkv
 from qkv.nn import GPT
 qkv.set_num_threads(int(sys.argv[2]))
-peak, done = [0], threading.Event()
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], rss())
-        time.sleep(0.0005)
-before = rss()
-t = threading.Thread(target=sample)
-t.start()
-m = GPT.from_pretrained(sys.argv[1])
-m.generate(np.arange(32)[None], 8, top_k=1)
-done.set()
-t.join()
-peak = max(peak[0], rss())
+def load_and_generate():
+    m = GPT.from_pretrained(sys.argv[1])
+    m.generate(np.arange(32)[None], 8, top_k=1)
+    return m
+peak, before = peak_during(load_and_generate, every=0.0005)
 print((peak - before) / 2**20, peak / 2**20)
 """
 
 
 def peak_memory(folder, threads):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "src")] + sys.path))
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(here), "src"), here] + sys.path))
     res = subprocess.run([sys.executable, "-c", PEAK_CHILD, str(folder), str(threads)], capture_output=True,
                          text=True, env=env)
     if res.returncode:
@@ -225,7 +214,7 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             folders = write_folders(models, tmp)
             peaks = {fmt: peak_memory(folders[fmt], args.threads) for fmt in FORMATS}
-    meta = machine_meta(args.rounds, read_bandwidth_gbs=bw / 1e9)
+    meta = machine_meta(args.rounds, read_bandwidth_gbs=bw / 1e9, load_average=list(os.getloadavg()))
     load = os.getloadavg()
     lines = [f"# Low-precision weights, CPU ({meta['date']})", "", machine_line(meta),
              f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (the machine is shared).", "",

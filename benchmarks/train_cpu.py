@@ -32,7 +32,6 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from qkv._bench import fma_peak
 from qkv.nn import GPT, GPTConfig
 from qkv.optim import AdamW, clip_grad_norm
 
+from _memory import peak_during  # benchmarks/_memory.py
 from _report import _call_seconds, interleaved_medians, machine_line, machine_meta, write  # benchmarks/_report.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
@@ -74,12 +74,6 @@ def cpu_seconds(fn):
 def memory_child(name, impl, threads):
     """In a child process: peak MiB of building the optimizer and 3 training steps of ``impl`` on model
     ``name``, over the resident set once the weights exist (printed on the last line)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
-
     m = MODELS[name]
     qkv.set_num_threads(threads)
     cfg = GPTConfig(vocab_size=m["vocab"], block_size=m["block_size"], n_layer=m["n_layer"], n_head=m["n_head"],
@@ -93,32 +87,25 @@ def memory_child(name, impl, threads):
         tm.load_qkv(dict(model.named_parameters()))
         del model
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    peak, done = [0], threading.Event()
 
-    def sample():  # every 0.2 ms while the steps run
-        while not done.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.0002)
-
-    before = rss()
-    t = threading.Thread(target=sample)
-    t.start()
-    if impl == "torch":
-        topt = tm.adamw(lr=1e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
-        for _ in range(3):
-            topt.zero_grad(set_to_none=True)
-            tm(tx, ty).backward()
-            torch.nn.utils.clip_grad_norm_(tm.parameters(), 1.0)
-            topt.step()
-    else:
+    def steps():  # the optimizer is returned so it lives until the last sample
+        if impl == "torch":
+            topt = tm.adamw(lr=1e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+            for _ in range(3):
+                topt.zero_grad(set_to_none=True)
+                tm(tx, ty).backward()
+                torch.nn.utils.clip_grad_norm_(tm.parameters(), 1.0)
+                topt.step()
+            return topt
         opt = AdamW(model.named_parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.1)
         for _ in range(3):
             _, grads = model.value_and_grad(x, y)
             clip_grad_norm(grads, 1.0)
             opt.step(grads)
-    done.set()
-    t.join()
-    print((max(peak[0], rss()) - before) / 2**20)
+        return opt
+
+    peak, before = peak_during(steps)  # every 0.2 ms while the steps run
+    print((peak - before) / 2**20)
 
 
 def peak_memory(name, impl, threads):
