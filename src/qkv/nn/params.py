@@ -23,7 +23,6 @@ def count_parameters(config):
     attn_biases = 4 * C
     mlp = 2 * C * inner + inner + C
     norms = 2 * 2 * C
-    layer = attn_weights + attn_biases + mlp + norms
     if isinstance(config, GPTConfig):
         emb = {"token": config.vocab_size * C, "position": config.block_size * C}
         final = 2 * C  # ln_f
@@ -31,20 +30,7 @@ def count_parameters(config):
         emb = {"token": config.vocab_size * C, "position": config.max_position_embeddings * C,
                "token_type": config.type_vocab_size * C, "layer_norm": 2 * C}
         final = 0
-    emb["total"] = sum(emb.values())
-    n = config.n_layer
-    return {
-        "embeddings": emb,
-        "per_head": head,
-        "attention_per_layer": {"weights": attn_weights, "biases": attn_biases, "total": attn_weights + attn_biases},
-        "mlp_per_layer": mlp,
-        "layer_norms_per_layer": norms,
-        "per_layer": layer,
-        "attention_all_layers": n * (attn_weights + attn_biases),
-        "mlp_all_layers": n * mlp,
-        "final_layer_norm": final,
-        "total": emb["total"] + n * layer + final,
-    }
+    return _breakdown(config.n_layer, emb, head, attn_weights, attn_biases, mlp, norms, final)
 
 
 def _count_llama(config):
@@ -61,10 +47,15 @@ def _count_llama(config):
     attn_biases = (H + 2 * Hkv) * d * config.qkv_bias + C * config.proj_bias
     mlp = 3 * C * inner + (2 * inner + C) * config.mlp_bias
     norms = 2 * C
-    layer = attn_weights + attn_biases + mlp + norms
     emb = {"token": V * C, "position": 0, "lm_head": 0 if config.tie_word_embeddings else V * C}
+    return _breakdown(config.n_layer, emb, head, attn_weights, attn_biases, mlp, norms, C)
+
+
+def _breakdown(n, emb, head, attn_weights, attn_biases, mlp, norms, final):
+    """The breakdown dict both counts return: n layers of (attention weights and biases, MLP, norms)
+    between the embeddings ``emb`` (its total added here) and a final norm of ``final`` parameters."""
     emb["total"] = sum(emb.values())
-    n = config.n_layer
+    layer = attn_weights + attn_biases + mlp + norms
     return {
         "embeddings": emb,
         "per_head": head,
@@ -74,6 +65,6 @@ def _count_llama(config):
         "per_layer": layer,
         "attention_all_layers": n * (attn_weights + attn_biases),
         "mlp_all_layers": n * mlp,
-        "final_layer_norm": C,
-        "total": emb["total"] + n * layer + C,
+        "final_layer_norm": final,
+        "total": emb["total"] + n * layer + final,
     }
