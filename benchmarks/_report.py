@@ -27,6 +27,22 @@ def _call_seconds(fn):
     return time.perf_counter() - t0
 
 
+def decode_step_seconds(steps):
+    """A ``seconds`` for interleaved_medians whose rows may be a (long, short) pair of calls: the
+    difference of their times over ``steps`` (the decode steps the long call makes beyond the short
+    one), so prompt processing cancels out; a plain call is timed whole."""
+    def seconds(fn):
+        if isinstance(fn, tuple):
+            t0 = time.perf_counter()
+            fn[0]()
+            t1 = time.perf_counter()
+            fn[1]()
+            t2 = time.perf_counter()
+            return ((t1 - t0) - (t2 - t1)) / steps
+        return _call_seconds(fn)
+    return seconds
+
+
 def interleaved_medians(rows, rounds, seconds=_call_seconds):
     """rows: {workload: {implementation: fn}}. One warm-up call each, then ``rounds`` rounds that run
     every fn in turn (so all see the same machine state); {workload: {implementation: median s}}.

@@ -22,7 +22,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -33,7 +32,7 @@ import _build  # noqa: E402  (benchmarks/dev/_build.py: the read-bandwidth probe
 import qkv  # noqa: E402  (imported before torch: one OpenMP runtime per library, qkv's loads first)
 from qkv.nn import Llama, LlamaConfig  # noqa: E402
 
-from _report import interleaved_medians, machine_line, machine_meta, write  # noqa: E402  (benchmarks/_report.py)
+from _report import decode_step_seconds, interleaved_medians, machine_line, machine_meta, write  # noqa: E402  (benchmarks/_report.py)
 
 import torch  # noqa: E402  (the baseline; this script is not part of the test suite)
 import transformers  # noqa: E402
@@ -92,19 +91,6 @@ def workloads(q_model, t_model):
     return rows, {"max_abs_logit_diff": err, "greedy_tokens_equal": same}
 
 
-def _time(fn):
-    if isinstance(fn, tuple):  # (long, short): the difference is NEW decode steps
-        t0 = time.perf_counter()
-        fn[0]()
-        t1 = time.perf_counter()
-        fn[1]()
-        t2 = time.perf_counter()
-        return ((t1 - t0) - (t2 - t1)) / NEW
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -115,7 +101,7 @@ def main():
     torch.set_num_threads(args.threads)
     q_model, t_model = models(args.threads)
     rows, check = workloads(q_model, t_model)
-    med = interleaved_medians(rows, args.rounds, seconds=_time)
+    med = interleaved_medians(rows, args.rounds, seconds=decode_step_seconds(NEW))
     n_params = q_model.num_parameters()
     token_bytes = 4 * n_params  # every weight once per token; the tied head reads the embedding matrix
     bw = _build.read_bandwidth(args.threads, 1 << 30)  # GB/s over a 1 GiB buffer, after the timings

@@ -21,7 +21,6 @@ cycles) shows what that costs, decode most of all (one small op after another).
 """
 
 import argparse
-import time
 
 import numpy as np
 
@@ -29,7 +28,7 @@ import qkv
 from qkv.io import find_minilm
 from qkv.nn import GPT, Encoder, GPTConfig
 
-from _report import interleaved_medians, machine_line, machine_meta, write  # benchmarks/_report.py
+from _report import decode_step_seconds, interleaved_medians, machine_line, machine_meta, write  # benchmarks/_report.py
 
 import torch  # noqa: E402  (the baseline; this script is not part of the test suite)
 import transformers  # noqa: E402
@@ -116,19 +115,6 @@ def workloads(n_sentences):
     return rows, info
 
 
-def _time(fn):
-    if isinstance(fn, tuple):  # (long, short): the difference is NEW decode steps
-        t0 = time.perf_counter()
-        fn[0]()
-        t1 = time.perf_counter()
-        fn[1]()
-        t2 = time.perf_counter()
-        return ((t1 - t0) - (t2 - t1)) / NEW
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -139,7 +125,7 @@ def main():
     qkv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     rows, info = workloads(args.sentences)
-    med = interleaved_medians(rows, args.rounds, seconds=_time)
+    med = interleaved_medians(rows, args.rounds, seconds=decode_step_seconds(NEW))
     meta = machine_meta(args.rounds, **info)
     lines = [f"# Models, CPU, float32 ({meta['date']})", "",
              f"{machine_line(meta)} Sentences: {info['sentences']}, "
