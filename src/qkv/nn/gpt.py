@@ -167,9 +167,15 @@ class GPT(_hooks.HookedModel, Module):
         if self._hook_run is not None:  # hooks or a cache are active (qkv.nn.hooks)
             return self._forward_hooked(ids, cache, last_only, return_attention, logits_out, mask, position_ids)
         x = self.embeddings(ids, start=start, position_ids=position_ids)  # (B, L, C), the residual stream
+        return self._blocks_and_head(x, cache, last_only, return_attention, scratch, logits_out, mask=mask)
+
+    def _blocks_and_head(self, x, cache, last_only, return_attention, scratch, logits_out, **block_kw):
+        """The residual stream x (B, L, C) through every block, ln_f and the LM head (GPT and Llama
+        alike); block_kw go to each block (the mask, and Llama's positions)."""
+        L = x.shape[1]
         trace = {"attention": [], "residual": [x.copy()]} if return_attention else None
         for i, block in enumerate(self.h):
-            x = block(x, mask=mask, cache=cache, layer=i, return_weights=return_attention, scratch=scratch)
+            x = block(x, cache=cache, layer=i, return_weights=return_attention, scratch=scratch, **block_kw)
             if return_attention:
                 x, w = x
                 trace["attention"].append(w)
@@ -179,8 +185,11 @@ class GPT(_hooks.HookedModel, Module):
         if last_only:
             x = x[:, -1:, :]  # only the last position goes through the LM head
         h = self.ln_f(x, out=scratch("ln_f", x.shape))
-        logits = qkv.linear(h, self.embeddings.wte.T, out=logits_out)  # tied head: (B, L, C) @ (C, V)
+        logits = qkv.linear(h, self._head(), out=logits_out)  # (B, L, C) @ (C, V)
         return (logits, trace) if return_attention else logits
+
+    def _head(self):
+        return self.embeddings.wte.T  # the tied LM head, (C, V)
 
     def _forward_hooked(self, ids, cache, last_only, return_attention, logits_out, mask, position_ids):
         """_forward with a hook point at every named activation (qkv.nn.hooks), layer by layer into

@@ -99,21 +99,8 @@ class Llama(GPT):
         if self._hook_run is not None:  # hooks or a cache are active (qkv.nn.hooks)
             return self._forward_hooked(ids, cache, last_only, return_attention, logits_out, mask, positions)
         x = self.embeddings(ids)  # (B, L, C), the residual stream
-        trace = {"attention": [], "residual": [x.copy()]} if return_attention else None
-        for i, block in enumerate(self.h):
-            x = block(x, mask=mask, cache=cache, layer=i, return_weights=return_attention, scratch=scratch,
-                      positions=positions)
-            if return_attention:
-                x, w = x
-                trace["attention"].append(w)
-                trace["residual"].append(x.copy())
-        if cache is not None:
-            cache.advance(L)
-        if last_only:
-            x = x[:, -1:, :]  # only the last position goes through the LM head
-        h = self.ln_f(x, out=scratch("ln_f", x.shape))
-        logits = qkv.linear(h, self._head(), out=logits_out)
-        return (logits, trace) if return_attention else logits
+        return self._blocks_and_head(x, cache, last_only, return_attention, scratch, logits_out, mask=mask,
+                                     positions=positions)
 
     def _head(self):
         return self.embeddings.wte.T if self.lm_head is None else self.lm_head.weight  # (C, V)
