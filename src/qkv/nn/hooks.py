@@ -352,13 +352,22 @@ def attention(mha, x, hp, mask=None, kv_lengths=None, cache=None, layer=0):
     if hp.wants("hook_result"):
         w_up = mha.c_proj.weight.reshape(H, d, C)  # each head's Wv_up
         r = _bmm(z.transpose(0, 2, 1, 3), xp.broadcast_to(w_up, (B, H, d, C))).transpose(0, 2, 1, 3)  # (B, L, H, C)
-        r, changed = hp.edit("hook_result", r)
-        if changed:
-            out = r.sum(axis=2)
-            if mha.c_proj.bias is not None:
-                out += mha.c_proj.bias
+        out = edited_result(mha, r, hp)
+        if out is not None:
             return out
     return mha.c_proj(z.reshape(B, L, C))
+
+
+def edited_result(mha, r, hp):
+    """hook_result on r (B, L, H, C), each head's share of the output projection: the attention output
+    (B, L, C) summed from the edited r plus the projection's bias, or None when no hook changed r."""
+    r, changed = hp.edit("hook_result", r)
+    if not changed:
+        return None
+    out = r.sum(axis=2)
+    if mha.c_proj.bias is not None:
+        out += mha.c_proj.bias
+    return out
 
 
 def _activate(pre, activation):

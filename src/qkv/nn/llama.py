@@ -180,11 +180,8 @@ def _hooked_attention(mha, x, hp, mask, cache, layer, positions):
     z = hp("hook_z", z.transpose(0, 2, 1, 3))  # (B, L, H, d)
     if hp.wants("hook_result"):
         r = xp.matmul(z[:, :, :, None, :], mha.c_proj.weight.reshape(H, d, C))[:, :, :, 0]  # (B, L, H, C)
-        r, changed = hp.edit("hook_result", r)
-        if changed:
-            out = r.sum(axis=2)
-            if mha.c_proj.bias is not None:
-                out += mha.c_proj.bias
+        out = _hooks.edited_result(mha, r, hp)
+        if out is not None:
             return out
     return mha.c_proj(z.reshape(B, L, H * d))
 
