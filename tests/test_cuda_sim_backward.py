@@ -19,25 +19,7 @@ import qkv._cuda as qc  # noqa: E402
 from qkv import _reference as ref  # noqa: E402
 
 from cases import DTYPES, _dt, check, rand  # noqa: E402
-from harness import pytestmark, sim  # noqa: E402,F401  (the skip and the fiber runtime fixture)
-
-
-def ran(sim, n, *names):
-    """The kernels launched since launch n include every template in names."""
-    launched = {name.split("<")[0] for _, name, *_ in sim.launches[n:]}
-    assert set(names) <= launched, launched
-
-
-def under_every_schedule(sim, call):
-    """call() under each fiber scheduling policy: the results must be the same bits each time."""
-    results = []
-    try:
-        for policy in simbuild.SimRuntime.POLICIES:
-            sim.set_policy(policy)
-            results.append([None if a is None else np.asarray(a).tobytes() for a in call()])
-    finally:
-        sim.set_policy("round_robin")
-    assert all(r == results[0] for r in results[1:])
+from harness import pytestmark, ran, sim, under_every_schedule  # noqa: E402,F401  (the skip, the fiber runtime fixture, checks)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
