@@ -194,3 +194,43 @@ def fd_grad(loss, a, h=1e-6):
         flat[i] = old
         gflat[i] = (up - down) / (2 * h)
     return g
+
+
+def assert_fd(analytic, numeric, what):
+    """A float64 analytic gradient against central differences (truncation ~h^2, rounding ~1e-10)."""
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7, err_msg=what)
+
+
+def assert_bound(got, want, bound, what=""):
+    """|got - want| <= bound elementwise (float64); NaN and infinite positions must agree."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape, what)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"NaN positions {what}")
+    ok = ~np.isnan(want)
+    inf = np.isinf(want) & ok
+    np.testing.assert_array_equal(got[inf], want[inf], err_msg=f"infinities {what}")
+    fin = ok & ~inf
+    err = np.abs(got[fin] - want[fin])
+    b = np.broadcast_to(bound, want.shape)[fin]
+    if not np.all(err <= b):
+        i = np.argmax(err / np.maximum(b, 1e-300))
+        raise AssertionError(f"{what}: {np.sum(err > b)} elements beyond the bound; worst err {err[i]:.3e} "
+                             f"vs bound {b[i]:.3e}")
+
+
+def eps(dtype):
+    return float(np.finfo(dtype).eps)
+
+
+def frozen(a):
+    """A read-only copy of a: a kernel that writes its input fails on it."""
+    a = np.array(a, copy=True)
+    a.flags.writeable = False
+    return a
+
+
+@pytest.fixture
+def threads():
+    """qkv.set_num_threads, with the default thread count put back after the test."""
+    yield qkv.set_num_threads
+    qkv.set_num_threads(None)

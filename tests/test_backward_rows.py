@@ -10,7 +10,7 @@ same bits for 1 and 2 threads.
 
 import numpy as np
 import pytest
-from conftest import adversarial_layer_norm_inputs, adversarial_rows, fd_grad
+from conftest import adversarial_layer_norm_inputs, adversarial_rows, assert_bound, assert_fd, eps, fd_grad, frozen
 
 import qkv
 from qkv import _reference as ref
@@ -20,45 +20,6 @@ RNG = np.random.default_rng
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def assert_fd(analytic, numeric, what):
-    """A float64 analytic gradient against central differences (truncation ~h^2, rounding ~1e-10)."""
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7, err_msg=what)
-
-
-def assert_bound(got, want, bound, what=""):
-    """|got - want| <= bound elementwise (bound in float64); NaN positions must agree."""
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape, what)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"NaN positions {what}")
-    ok = ~np.isnan(want)
-    inf = np.isinf(want) & ok
-    np.testing.assert_array_equal(got[inf], want[inf], err_msg=f"infinities {what}")
-    fin = ok & ~inf
-    err = np.abs(got[fin] - want[fin])
-    b = np.broadcast_to(bound, want.shape)[fin]
-    if not np.all(err <= b):
-        i = np.argmax(err / np.maximum(b, 1e-300))
-        raise AssertionError(f"{what}: {np.sum(err > b)} elements beyond the bound; worst err {err[i]:.3e} "
-                             f"vs bound {b[i]:.3e}")
-
-
-def eps(dtype):
-    return float(np.finfo(dtype).eps)
-
-
-def frozen(a):
-    a = np.array(a, copy=True)
-    a.flags.writeable = False
-    return a
-
-
-@pytest.fixture
-def threads():
-    yield qkv.set_num_threads
-    qkv.set_num_threads(None)
 
 
 def same_bits_for_1_and_2_threads(threads, call):

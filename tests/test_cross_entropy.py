@@ -9,9 +9,8 @@ one-hot subtraction p - 1 costs an ulp of 1.
 
 import numpy as np
 import pytest
-from conftest import adversarial_rows
-from test_backward_rows import (assert_bound, assert_fd, eps, fd_grad, frozen,  # noqa: F401 (threads: a fixture)
-                                same_bits_for_1_and_2_threads, threads)
+from conftest import adversarial_rows, assert_bound, assert_fd, eps, fd_grad, frozen
+from test_backward_rows import same_bits_for_1_and_2_threads
 
 import qkv
 from qkv import _reference as ref
@@ -162,7 +161,7 @@ def test_inputs_unchanged(backend, dtype):
     assert (x.tobytes(), t.tobytes()) == before
 
 
-def test_same_bits_for_one_and_two_threads(threads):  # noqa: F811
+def test_same_bits_for_one_and_two_threads(threads):
     rng = RNG(7)
     x = rng.standard_normal((300, 1000)).astype(np.float32) * 5
     t = rng.integers(0, 1000, size=300)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import adversarial_rows, fd_grad
+from conftest import adversarial_rows, assert_bound, assert_fd, eps, fd_grad, frozen
 
 import qkv
 from qkv import _reference as ref
@@ -25,46 +25,9 @@ LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_fr
           "original_max_position_embeddings": 8192}
 
 
-def eps(dtype):
-    return float(np.finfo(dtype).eps)
-
-
 def tiny(dtype):
     """The absolute slack where a float32/float64 exp flushes (|result| below it is 0 in the kernels)."""
     return 1e-30 if np.dtype(dtype) == np.float32 else 1e-300
-
-
-def assert_bound(got, want, bound, what=""):
-    """|got - want| <= bound elementwise (float64); NaN and infinite positions must agree."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape, what)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"NaN positions {what}")
-    ok = ~np.isnan(want)
-    inf = np.isinf(want) & ok
-    np.testing.assert_array_equal(got[inf], want[inf], err_msg=f"infinities {what}")
-    fin = ok & ~inf
-    err = np.abs(got[fin] - want[fin])
-    b = np.broadcast_to(bound, want.shape)[fin]
-    if not np.all(err <= b):
-        i = np.argmax(err / np.maximum(b, 1e-300))
-        raise AssertionError(f"{what}: {np.sum(err > b)} elements beyond the bound; worst err {err[i]:.3e} "
-                             f"vs bound {b[i]:.3e}")
-
-
-def assert_fd(analytic, numeric, what):
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7, err_msg=what)
-
-
-def frozen(a):
-    a = np.array(a, copy=True)
-    a.flags.writeable = False
-    return a
-
-
-@pytest.fixture
-def threads():
-    yield qkv.set_num_threads
-    qkv.set_num_threads(None)
 
 
 # ---------------------------------------------------------------------------------------------
