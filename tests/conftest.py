@@ -234,3 +234,19 @@ def threads():
     """qkv.set_num_threads, with the default thread count put back after the test."""
     yield qkv.set_num_threads
     qkv.set_num_threads(None)
+
+
+def assert_grads_fd(model, ids, targets, grads, h=1e-6):
+    """grads (name -> array) of the cross-entropy loss against central differences at four elements of
+    every parameter of a float64 model (the first, a third and half way in, the last)."""
+    for name, p in model.named_parameters():
+        flat = p.reshape(-1)
+        for i in sorted({0, flat.size // 3, flat.size // 2, flat.size - 1}):
+            old = flat[i]
+            flat[i] = old + h
+            up = float(qkv.cross_entropy(model(ids), targets))
+            flat[i] = old - h
+            down = float(qkv.cross_entropy(model(ids), targets))
+            flat[i] = old
+            fd = (up - down) / (2 * h)
+            assert grads[name].reshape(-1)[i] == pytest.approx(fd, rel=1e-5, abs=1e-8), (name, i)

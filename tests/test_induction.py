@@ -9,6 +9,7 @@
 
 import numpy as np
 import pytest
+from conftest import assert_grads_fd
 
 import qkv
 from qkv.nn import GPT, GPTConfig
@@ -60,18 +61,7 @@ def test_attn_only_value_and_grad_by_finite_differences(backend):
         grads = {k: g.copy() for k, g in grads.items()}
         assert loss == pytest.approx(float(qkv.cross_entropy(model(ids), targets)), rel=1e-12)
         assert set(grads) == {n for n, _ in model.named_parameters()}
-        h = 1e-6
-        for name, p in model.named_parameters():
-            flat = p.reshape(-1)
-            for i in sorted({0, flat.size // 3, flat.size // 2, flat.size - 1}):
-                old = flat[i]
-                flat[i] = old + h
-                up = float(qkv.cross_entropy(model(ids), targets))
-                flat[i] = old - h
-                down = float(qkv.cross_entropy(model(ids), targets))
-                flat[i] = old
-                fd = (up - down) / (2 * h)
-                assert grads[name].reshape(-1)[i] == pytest.approx(fd, rel=1e-5, abs=1e-8), (name, i)
+        assert_grads_fd(model, ids, targets, grads)
 
 
 def test_attn_only_needs_pre_ln():

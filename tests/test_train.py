@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_grads_fd
 
 import qkv
 from qkv.nn import GPT, GPTConfig
@@ -100,18 +101,7 @@ def test_value_and_grad_by_finite_differences():
     with qkv.use_backend("numpy"):
         loss, grads = model.value_and_grad(ids, targets)
         assert loss == pytest.approx(float(qkv.cross_entropy(model(ids), targets)), rel=1e-12)
-        h = 1e-6
-        for name, p in model.named_parameters():
-            flat = p.reshape(-1)
-            for i in sorted({0, flat.size // 3, flat.size // 2, flat.size - 1}):
-                old = flat[i]
-                flat[i] = old + h
-                up = float(qkv.cross_entropy(model(ids), targets))
-                flat[i] = old - h
-                down = float(qkv.cross_entropy(model(ids), targets))
-                flat[i] = old
-                fd = (up - down) / (2 * h)
-                assert grads[name].reshape(-1)[i] == pytest.approx(fd, rel=1e-5, abs=1e-8), (name, i)
+        assert_grads_fd(model, ids, targets, grads)
 
 
 @pytest.mark.parametrize("backend", backends())
