@@ -223,6 +223,50 @@ def hooks_section():
     return out
 
 
+def quant_section():
+    """Markdown lines of the low-precision section, from quant_cpu.json (benchmarks/quant_cpu.py);
+    empty when it was not measured."""
+    path = os.path.join(RESULTS, "quant_cpu.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        res = json.load(f)
+    meta, fig = res["meta"], res["figures"]
+    load = meta.get("load_average")
+    out = ["## Low-precision weights: GPT-2 small decode and MiniLM with bf16 / int8 weights", "",
+           "`benchmarks/quant_cpu.py`: qkv with float32, bf16 and int8 (Q8_0: 32 int8 + a float16 scale) weights, "
+           "GPT-2-small-shaped random weights, greedy decode after a 32-token prompt (the median step), beside "
+           "transformers float32 and with torch bfloat16 weights; "
+           f"{meta['qkv_threads']} threads for both, median of {meta['rounds']} interleaved rounds, measured "
+           f"{meta['date']}" + (f" (load average {'/'.join(f'{x:.1f}' for x in load)} on {meta['cpus']} CPUs)"
+                                if load else "") + ". "
+           f"The bound is the bytes one token reads (every weight once, tied head included, plus the KV cache) at "
+           f"the {fig['read_bandwidth_gbs']:.1f} GB/s read bandwidth measured in the same rounds; *bound / time* "
+           "is the comparable figure.", ""]
+    base = fig["decode"]["qkv float32"]["ms_per_token"]
+    rows = []
+    for impl, r in fig["decode"].items():
+        frac = r.get("fraction_of_bound")
+        rows.append([impl, f"{r['ms_per_token']:.1f}",
+                     f"{r['bytes_per_token'] / 1e6:.0f}" if "bytes_per_token" in r else "",
+                     f"{frac:.2f}" if frac is not None else "", f"{base / r['ms_per_token']:.2f}x"])
+    out += [_md_table(["decode", "ms/token", "MB read/token", "bound / time", "vs qkv float32"], rows), ""]
+    if fig.get("embed"):
+        rows = [[impl, f"{r['sentences_per_s']:.0f}", f"{r['speedup']:.2f}x"] for impl, r in fig["embed"].items()]
+        out += [_md_table(["all-MiniLM-L6-v2, sentences of ~20 tokens, batches of 32", "sentences/s", "vs float32"],
+                          rows), ""]
+    if fig.get("peak_memory_mib"):
+        rows = [[fmt, f"{r['model']:.0f} MiB", f"{r['vs_float32']:.2f}x", f"{r['process']:.0f} MiB"]
+                for fmt, r in fig["peak_memory_mib"].items()]
+        out += ["Peak memory: a child process loads the folder (float32: a Hugging Face folder; bf16/int8: "
+                "written by save_pretrained, memory mapped) and generates 8 tokens.", "",
+                _md_table(["weights", "model's share (over `import qkv`)", "vs float32", "whole process"], rows), ""]
+    out += ["Targets (issue): bf16 <= 9 ms/token, int8 <= 5.5 ms/token, >= 80% of the bound, MiniLM int8 >= 1.3x "
+            "float32, peak memory <= 0.55x (bf16) / 0.3x (int8). On AVX2 without VNNI/AVX512-BF16 the int8 kernel "
+            "spends 4 instructions per 8 weights converting to float, which bounds it below the bandwidth.", ""]
+    return out
+
+
 def embed_corpus_section():
     """Markdown lines of the corpus-embedding section, from embed_corpus.json
     (benchmarks/embed_corpus.py); empty when it was not measured."""
@@ -337,6 +381,7 @@ def render():
     out += training_section()
     out += llama_section()
     out += hooks_section()
+    out += quant_section()
     out += embed_corpus_section()
     out += ["## Reading these numbers", "",
             "- Medians after a warm-up, float32, on the threads listed above for qkv and torch alike. Other "
