@@ -196,10 +196,11 @@ def hooks_section():
            f"interleaved rounds, medians; every cached activation agrees to "
            f"{max(runs[0]['max_abs_diff_vs_transformer_lens'].values()):.0e}. Peak memory: the extra resident set "
            "of one call after a warm-up, in a child process, the returned cache included (qkv's cache holds "
-           f"{min(r['cache_mib'] for r in runs):.0f} MiB, the logits 49 MiB). Measured {meta['date']} on a shared machine "
-           f"({meta['cpus']} CPUs) under load average "
-           + ", ".join(f"{r['meta']['load_average'][0]:.0f}-{r['meta']['load_average'][1]:.0f}" for r in runs)
-           + ": every time is inflated, qkv's (two thread pools that wait for each other) more than torch's.", ""]
+           f"{min(r['cache_mib'] for r in runs):.0f} MiB, the logits 49 MiB). Measured on a shared machine "
+           f"({meta['cpus']} CPUs): "
+           + "; ".join(f"{r['meta']['qkv_threads']} thread{'s' * (r['meta']['qkv_threads'] != 1)} at {r['meta']['date']} under load average "
+                       f"{r['meta']['load_average'][0]:.0f}-{r['meta']['load_average'][1]:.0f}" for r in runs)
+           + ". Every time is inflated, qkv's (two thread pools that wait for each other) more than torch's.", ""]
     rows = []
     for r in runs:
         threads = r["meta"]["qkv_threads"]
