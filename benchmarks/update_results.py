@@ -143,14 +143,21 @@ def training_section():
     return out
 
 
+def _result(name):
+    """benchmarks/results/<name>.json as a dict, or None when that benchmark was not run."""
+    path = os.path.join(RESULTS, name + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def llama_section():
     """Markdown lines of the Llama-layout section, from llama_cpu.json (benchmarks/llama_cpu.py);
     empty when it was not measured."""
-    path = os.path.join(RESULTS, "llama_cpu.json")
-    if not os.path.exists(path):
+    res = _result("llama_cpu")
+    if res is None:
         return []
-    with open(path) as f:
-        res = json.load(f)
     meta = res["meta"]
     bound = res["bandwidth_bound_seconds_per_token"]
     load = meta.get("load_average")
@@ -180,12 +187,7 @@ def llama_section():
 def hooks_section():
     """Markdown lines of the Looking-inside section, from hooks_cpu.json and hooks_cpu_1thread.json
     (benchmarks/hooks_cpu.py); empty when neither was measured."""
-    runs = []
-    for name in ("hooks_cpu", "hooks_cpu_1thread"):
-        path = os.path.join(RESULTS, name + ".json")
-        if os.path.exists(path):
-            with open(path) as f:
-                runs.append(json.load(f))
+    runs = [r for r in map(_result, ("hooks_cpu", "hooks_cpu_1thread")) if r is not None]
     if not runs:
         return []
     meta = runs[0]["meta"]
@@ -227,11 +229,9 @@ def hooks_section():
 def quant_section():
     """Markdown lines of the low-precision section, from quant_cpu.json (benchmarks/quant_cpu.py);
     empty when it was not measured."""
-    path = os.path.join(RESULTS, "quant_cpu.json")
-    if not os.path.exists(path):
+    res = _result("quant_cpu")
+    if res is None:
         return []
-    with open(path) as f:
-        res = json.load(f)
     meta, fig = res["meta"], res["figures"]
     load = meta.get("load_average")
     out = ["## Low-precision weights: GPT-2 small decode and MiniLM with bf16 / int8 weights", "",
@@ -271,11 +271,9 @@ def quant_section():
 def embed_corpus_section():
     """Markdown lines of the corpus-embedding section, from embed_corpus.json
     (benchmarks/embed_corpus.py); empty when it was not measured."""
-    path = os.path.join(RESULTS, "embed_corpus.json")
-    if not os.path.exists(path):
+    res = _result("embed_corpus")
+    if res is None:
         return []
-    with open(path) as f:
-        res = json.load(f)
     meta, rows, acc = res["meta"], res["rows"], res["accuracy"]
     single, st = rows["qkv, 1 process x 2 threads"], rows["sentence-transformers encode, 2 torch threads"]
     dask = rows["qkv, --dask local:2 (2 processes x 1 thread)"]
