@@ -14,10 +14,12 @@
 # dW = x^T g, each again by choosing BLAS operand orders, never by transposing a copy.
 #
 # Threads per GEMM (_gemm_threads, the one place that decides): a GEMM gets one BLAS thread per
-# GEMM_FLOPS_PER_THREAD of work, at most qkv's thread count. A small GEMM split across threads
-# spends its time in the threads' hand-offs, and on a shared machine one descheduled thread stalls
-# the others: the weight gradient x^T g of the baby GPT (768 x 128 x 512) took 13 ms on 2 threads
-# against 2.5 ms on one under load. The count is set through OpenBLAS's own
+# GEMM_FLOPS_PER_THREAD of work, at most qkv's thread count, so a tiny GEMM (a few MFLOP, tens of
+# microseconds) does not pay for waking a second thread. Measured on the quiet 2-core AVX2 machine:
+# at 2^28 (270 MFLOP, tuned earlier on a machine at load 12) the baby GPT's GEMMs (768 x 128 x 512,
+# 100 MFLOP) ran on one thread at 55 GFLOP/s against 110 on two, and a training step took 118 ms;
+# at 2^22 it takes 64-78 ms. On a heavily shared machine a split GEMM can stall on a descheduled
+# thread; qkv.set_num_threads(1) is the answer there. The count is set through OpenBLAS's own
 # openblas_set_num_threads (found by qkv._cpu._config.blas_thread_control), only when it changes.
 from cython cimport floating
 from libc.stdint cimport int64_t
@@ -30,7 +32,7 @@ ctypedef int (*_get_threads_t)() noexcept nogil
 ctypedef void (*_set_threads_t)(int) noexcept nogil
 cdef _get_threads_t _blas_get_threads = NULL
 cdef _set_threads_t _blas_set_threads = NULL
-GEMM_FLOPS_PER_THREAD = 1 << 28  # ~270 MFLOP, ~5 ms of one AVX2 core: below it a GEMM runs on one thread
+GEMM_FLOPS_PER_THREAD = 1 << 22  # ~4 MFLOP: below it a GEMM runs on one thread
 cdef double _flops_per_thread = GEMM_FLOPS_PER_THREAD
 
 
