@@ -182,10 +182,10 @@ MUTATIONS = {
                    "__syncthreads();", ""),
     "dkdv barrier": ("attn_bwd_dkdv_mma", "__syncthreads();                          // dkdv: everyone",
                      "__syncthreads();", ""),
-    # the dS^T A fragment of dK += dS^T Q with its row-(g + 8) register taken from the next 8 queries
-    "dkdv fragment": ("attn_bwd_dkdv_mma", "ad[1] = qkv::pack2<T>(dp[2 * kb2][2], dp[2 * kb2][3]);",
-                      "ad[1] = qkv::pack2<T>(dp[2 * kb2][2], dp[2 * kb2][3]);",
-                      "ad[1] = qkv::pack2<T>(dp[2 * kb2 + 1][0], dp[2 * kb2 + 1][1]);"),
+    # the dS^T A fragment of dK += dS^T Q with its second 8 queries taken from the first 8
+    "dkdv fragment": ("attn_bwd_dkdv_mma", "qkv::frags_to_a<T>(ad, dp[2 * kb2], dp[2 * kb2 + 1]);",
+                      "qkv::frags_to_a<T>(ad, dp[2 * kb2], dp[2 * kb2 + 1]);",
+                      "qkv::frags_to_a<T>(ad, dp[2 * kb2], dp[2 * kb2]);"),
 }
 
 

@@ -62,6 +62,130 @@ __device__ __forceinline__ int batch_kv_len(const int* kv_lengths, int b, int Lk
     return n < 0 ? 0 : (n < Lk ? n : Lk);
 }
 
+// ---- tile pieces of the tensor-core kernels (attn_mma and its backward) ----
+// A tile holds rows of D 16-bit values in shared memory with row stride D + 8 (conflict-free
+// ldmatrix). A CTA is 128 threads = 4 warps; a warp owns 16 rows. Accumulator fragments follow
+// mma.sync m16n8k16: acc[n][e] is (row g + 8*(e/2), column n*8 + 2*qd + e%2), g = lane / 4,
+// qd = lane % 4; column block n covers columns n*8 .. n*8+7.
+
+template <int N>
+__device__ __forceinline__ void zero_frags(float (&acc)[N][4]) {
+#pragma unroll
+    for (int n = 0; n < N; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
+}
+
+// rows [row0, row0 + nrows) of src (row stride `stride` elements) into the tile dst by cp.async,
+// zero-filled from row `end` on; all 128 threads call it
+template <typename T, int D>
+__device__ __forceinline__ void load_tile_rows(T* dst, const T* src, long long stride, int row0, int end, int nrows,
+                                               int tid) {
+    constexpr int CH = D / 8;                     // 16-byte chunks per row
+    for (int c = tid; c < nrows * CH; c += 128) {
+        const int r = c / CH, cc = c % CH;
+        const bool valid = row0 + r < end;
+        const T* p = valid ? src + (row0 + r) * stride + cc * 8 : src;
+        cp_async16(dst + r * (D + 8) + cc * 8, p, valid);
+    }
+}
+
+// the A fragment of 16 rows (from `rows`, a tile) x columns kk*16 .. kk*16+15
+template <typename T, int D>
+__device__ __forceinline__ void ldsm_a(unsigned* a, const T* rows, int kk, int lane) {
+    const int j = lane / 8;
+    ldsm_x4(a, rows + ((j % 2) * 8 + lane % 8) * (D + 8) + kk * 16 + (j / 2) * 8);
+}
+
+// acc (16 x N) += A X^T over columns kk*16 .. kk*16+15: a is A's fragment there, X a tile of N rows
+template <typename T, int D, int N>
+__device__ __forceinline__ void mma_a_xt(float (&acc)[N / 8][4], const unsigned* a, const T* X, int kk, int lane) {
+    const int j = lane / 8;
+#pragma unroll
+    for (int nb2 = 0; nb2 < N / 16; ++nb2) {
+        unsigned r[4];
+        ldsm_x4(r, X + (nb2 * 16 + (j / 2) * 8 + lane % 8) * (D + 8) + kk * 16 + (j % 2) * 8);
+        mma_16816<T>(acc[2 * nb2], a, r);
+        mma_16816<T>(acc[2 * nb2 + 1], a, r + 2);
+    }
+}
+
+// the accumulator blocks x0, x1 (16 rows x 16 columns) as an A fragment, rounded to T
+template <typename T>
+__device__ __forceinline__ void frags_to_a(unsigned* a, const float* x0, const float* x1) {
+    a[0] = pack2<T>(x0[0], x0[1]);
+    a[1] = pack2<T>(x0[2], x0[3]);
+    a[2] = pack2<T>(x1[0], x1[1]);
+    a[3] = pack2<T>(x1[2], x1[3]);
+}
+
+// acc (16 x D) += A X: a is A's fragment over rows kb2*16 .. kb2*16+15 of the tile X (all D columns)
+template <typename T, int D>
+__device__ __forceinline__ void mma_a_x(float (&acc)[D / 8][4], const unsigned* a, const T* X, int kb2, int lane) {
+    const int j = lane / 8;
+#pragma unroll
+    for (int nd2 = 0; nd2 < D / 16; ++nd2) {
+        unsigned r[4];
+        ldsm_x4_trans(r, X + (kb2 * 16 + (j % 2) * 8 + lane % 8) * (D + 8) + nd2 * 16 + (j / 2) * 8);
+        mma_16816<T>(acc[2 * nd2], a, r);
+        mma_16816<T>(acc[2 * nd2 + 1], a, r + 2);
+    }
+}
+
+// whether the N x D tile X holds an Inf or NaN; all 128 threads call it, `flag` is a shared int
+// that thread 0 zeroed before the last barrier
+template <typename T, int D, int N>
+__device__ __forceinline__ bool tile_nonfinite(const T* X, int& flag, int tid) {
+    constexpr int CH = D / 8;
+    const unsigned short expo = exponent_bits<T>();
+    for (int c = tid; c < N * CH; c += 128) {
+        const unsigned short* hb = reinterpret_cast<const unsigned short*>(X + (c / CH) * (D + 8) + (c % CH) * 8);
+        for (int e = 0; e < 8; ++e)
+            if ((hb[e] & expo) == expo) flag = 1;
+    }
+    __syncthreads();
+    return flag != 0;
+}
+
+// acc (16 x D) += P X on CUDA cores, where a tensor core would turn P = 0 times an Inf in X into
+// NaN: P (the warp's 16 x N accumulators, rounded to T as the tensor-core path rounds them) goes
+// through Pw (16 x N floats of shared memory), and P = 0 is skipped
+template <typename T, int D, int N>
+__device__ __forceinline__ void mma_a_x_skipping_zeros(float (&acc)[D / 8][4], const float (&p)[N / 8][4], float* Pw,
+                                                       const T* X, int lane) {
+    const int g = lane / 4, qd = lane % 4;
+#pragma unroll
+    for (int nb = 0; nb < N / 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            Pw[(g + (e / 2) * 8) * N + nb * 8 + 2 * qd + (e & 1)] = to_float(from_float<T>(p[nb][e]));
+    __syncwarp();
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {                 // unrolled: acc stays in registers
+            const float* prow = Pw + (g + (e / 2) * 8) * N;
+            const int c = n * 8 + 2 * qd + (e & 1);
+            float a = 0.f;
+#pragma unroll 1
+            for (int jj = 0; jj < N; ++jj)
+                if (prow[jj] != 0.f) a += prow[jj] * to_float(X[jj * (D + 8) + c]);
+            acc[n][e] += a;
+        }
+    __syncwarp();
+}
+
+// row g + 8 r of the warp's accumulators times mul, into out (D values)
+template <typename T, int D>
+__device__ __forceinline__ void store_frag_row(T* out, const float (&acc)[D / 8][4], int r, float mul, int lane) {
+    const int qd = lane % 4;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        out[n * 8 + 2 * qd] = from_float<T>(acc[n][2 * r] * mul);
+        out[n * 8 + 2 * qd + 1] = from_float<T>(acc[n][2 * r + 1] * mul);
+    }
+}
+
 }  // namespace qkv
 
 // ---------------------------------------------------------------------------------------------
@@ -76,7 +200,6 @@ __global__ void __launch_bounds__(128) attn_mma(
     long long vsb, long long vsh, long long vsl, long long osb, long long osh, long long osl,
     long long msb, long long msh, long long msq, long long msk) {
     constexpr int BM = 64, BN = 64, LD = D + 8;  // +8 halves per row: conflict-free ldmatrix
-    constexpr int CH = D / 8;                     // 16-byte chunks per row
     QKV_DYNAMIC_SMEM(smem_raw);
     T* Qs = reinterpret_cast<T*>(smem_raw);       // [BM][LD]
     T* Ks = Qs + BM * LD;                         // [2][BN][LD]
@@ -100,17 +223,11 @@ __global__ void __launch_bounds__(128) attn_mma(
     const int nt = (kv_end + BN - 1) / BN;
 
     auto load_rows = [&](T* dst, const T* src, long long stride, int row0, int end) {
-        for (int c = tid; c < BM * CH; c += 128) {
-            int r = c / CH, cc = c % CH;
-            bool valid = row0 + r < end;
-            const T* p = valid ? src + (row0 + r) * stride + cc * 8 : src;
-            qkv::cp_async16(dst + r * LD + cc * 8, p, valid);
-        }
+        qkv::load_tile_rows<T, D>(dst, src, stride, row0, end, BM, tid);
     };
 
     float oacc[D / 8][4];
-    for (int n = 0; n < D / 8; ++n)
-        for (int e = 0; e < 4; ++e) oacc[n][e] = 0.f;
+    qkv::zero_frags(oacc);
     float m_run[2] = {qkv::neg_inf(), qkv::neg_inf()}, l_run[2] = {0.f, 0.f};
     unsigned qf[D / 16][4];
     const int row_w = m0 + warp * 16;             // this warp's first query row
@@ -134,42 +251,20 @@ __global__ void __launch_bounds__(128) attn_mma(
         qkv::cp_async_wait<1>();                  // tile t (and Q) have landed
         __syncthreads();
         if (t == 0) {
-            for (int kk = 0; kk < D / 16; ++kk) {
-                int j = lane / 8;
-                qkv::ldsm_x4(qf[kk], Qs + (warp * 16 + (j % 2) * 8 + lane % 8) * LD + kk * 16 + (j / 2) * 8);
-            }
+            for (int kk = 0; kk < D / 16; ++kk) qkv::ldsm_a<T, D>(qf[kk], Qs + warp * 16 * LD, kk, lane);
         }
         const T* Kt = Ks + buf * BN * LD;
         const T* Vt = Vs + buf * BN * LD;
 
         // S = Q K^T for this warp's 16 rows x 64 keys: s[nb][e] is (row g + 8*(e/2), key nb*8 + 2*qd + e%2)
         float s[BN / 8][4];
-        for (int nb = 0; nb < BN / 8; ++nb)
-            for (int e = 0; e < 4; ++e) s[nb][e] = 0.f;
-        for (int kk = 0; kk < D / 16; ++kk) {
-            for (int nb2 = 0; nb2 < BN / 16; ++nb2) {
-                unsigned r[4];
-                int j = lane / 8;
-                qkv::ldsm_x4(r, Kt + (nb2 * 16 + (j / 2) * 8 + lane % 8) * LD + kk * 16 + (j % 2) * 8);
-                qkv::mma_16816<T>(s[2 * nb2], qf[kk], r);
-                qkv::mma_16816<T>(s[2 * nb2 + 1], qf[kk], r + 2);
-            }
-        }
+        qkv::zero_frags(s);
+        for (int kk = 0; kk < D / 16; ++kk) qkv::mma_a_xt<T, D, BN>(s, qf[kk], Kt, kk, lane);
 
         // Masked keys get P = 0 exactly, but a tensor core turns 0 * NaN/Inf into NaN. In a tile
         // with masked keys, look for non-finite V first; if there is any, P V for this tile runs on
         // CUDA cores and skips P = 0 (rare: garbage in a padded cache, poisoned inputs).
-        bool v_bad = false;
-        if (need_mask) {
-            const unsigned short expo = qkv::exponent_bits<T>();
-            for (int c = tid; c < BN * (D / 8); c += 128) {
-                const unsigned short* h = reinterpret_cast<const unsigned short*>(Vt + (c / (D / 8)) * LD + (c % (D / 8)) * 8);
-                for (int e = 0; e < 8; ++e)
-                    if ((h[e] & expo) == expo) v_bad_flag = 1;
-            }
-            __syncthreads();
-            v_bad = v_bad_flag != 0;
-        }
+        const bool v_bad = need_mask && qkv::tile_nonfinite<T, D, BN>(Vt, v_bad_flag, tid);
         float tmax[2] = {qkv::neg_inf(), qkv::neg_inf()};
         for (int nb = 0; nb < BN / 8; ++nb) {
             for (int e = 0; e < 4; ++e) {
@@ -205,38 +300,13 @@ __global__ void __launch_bounds__(128) attn_mma(
             for (int e = 0; e < 4; ++e) oacc[n][e] *= corr[e / 2];
 
         if (v_bad) {                              // O += P V on CUDA cores, P = 0 skipped
-            float* Pw = Ps + warp * 16 * BN;
-            for (int nb = 0; nb < BN / 8; ++nb)
-                for (int e = 0; e < 4; ++e)
-                    Pw[(g + (e / 2) * 8) * BN + nb * 8 + 2 * qd + (e & 1)] = qkv::to_float(qkv::from_float<T>(s[nb][e]));
-            __syncwarp();
-#pragma unroll
-            for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {             // unrolled: oacc stays in registers
-                    const float* prow = Pw + (g + (e / 2) * 8) * BN;
-                    const int c = n * 8 + 2 * qd + (e & 1);
-                    float a = 0.f;
-#pragma unroll 1
-                    for (int j = 0; j < BN; ++j)
-                        if (prow[j] != 0.f) a += prow[j] * qkv::to_float(Vt[j * LD + c]);
-                    oacc[n][e] += a;
-                }
-            __syncwarp();
-        } else
-        // O += P V: the S accumulators of key blocks 2*kb2 and 2*kb2+1 are exactly an A fragment
-        for (int kb2 = 0; kb2 < BN / 16; ++kb2) {
-            unsigned a[4];
-            a[0] = qkv::pack2<T>(s[2 * kb2][0], s[2 * kb2][1]);
-            a[1] = qkv::pack2<T>(s[2 * kb2][2], s[2 * kb2][3]);
-            a[2] = qkv::pack2<T>(s[2 * kb2 + 1][0], s[2 * kb2 + 1][1]);
-            a[3] = qkv::pack2<T>(s[2 * kb2 + 1][2], s[2 * kb2 + 1][3]);
-            for (int nd2 = 0; nd2 < D / 16; ++nd2) {
-                unsigned r[4];
-                int j = lane / 8;
-                qkv::ldsm_x4_trans(r, Vt + (kb2 * 16 + (j % 2) * 8 + lane % 8) * LD + nd2 * 16 + (j / 2) * 8);
-                qkv::mma_16816<T>(oacc[2 * nd2], a, r);
-                qkv::mma_16816<T>(oacc[2 * nd2 + 1], a, r + 2);
+            qkv::mma_a_x_skipping_zeros<T, D, BN>(oacc, s, Ps + warp * 16 * BN, Vt, lane);
+        } else {
+            // O += P V: the S accumulators of key blocks 2*kb2 and 2*kb2+1 are exactly an A fragment
+            for (int kb2 = 0; kb2 < BN / 16; ++kb2) {
+                unsigned a[4];
+                qkv::frags_to_a<T>(a, s[2 * kb2], s[2 * kb2 + 1]);
+                qkv::mma_a_x<T, D>(oacc, a, Vt, kb2, lane);
             }
         }
         __syncthreads();                          // everyone is done with buffer buf
@@ -251,11 +321,7 @@ __global__ void __launch_bounds__(128) attn_mma(
         int i = row_w + g + r * 8;
         if (i >= Lq) continue;
         float inv = l_run[r] == 0.f ? 0.f : 1.f / l_run[r];
-        T* orow = o + b * osb + h * osh + i * osl;
-        for (int n = 0; n < D / 8; ++n) {
-            orow[n * 8 + 2 * qd] = qkv::from_float<T>(oacc[n][2 * r] * inv);
-            orow[n * 8 + 2 * qd + 1] = qkv::from_float<T>(oacc[n][2 * r + 1] * inv);
-        }
+        qkv::store_frag_row<T, D>(o + b * osb + h * osh + i * osl, oacc, r, inv, lane);
         if (lse && qd == 0)
             lse[((long long)b * Hq + h) * Lq + i] = l_run[r] == 0.f ? qkv::neg_inf() : m_run[r] + logf(l_run[r]);
     }
@@ -588,7 +654,6 @@ __global__ void __launch_bounds__(128) attn_bwd_dq_mma(
     long long qsb, long long qsh, long long qsl, long long ksb, long long ksh, long long ksl,
     long long vsb, long long vsh, long long vsl, long long msb, long long msh, long long msq, long long msk) {
     constexpr int BM = 64, BN = 64, LD = D + 8;  // +8 halves per row: conflict-free ldmatrix
-    constexpr int CH = D / 8;                     // 16-byte chunks per row
     QKV_DYNAMIC_SMEM(smem_raw);
     T* Qs = reinterpret_cast<T*>(smem_raw);       // [BM][LD]
     T* dOs = Qs + BM * LD;                        // [BM][LD]
@@ -614,12 +679,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dq_mma(
     const int nt = (kv_end + BN - 1) / BN;
 
     auto load_rows = [&](T* dst, const T* src, long long stride, int row0, int end) {
-        for (int c = tid; c < BM * CH; c += 128) {
-            int r = c / CH, cc = c % CH;
-            bool valid = row0 + r < end;
-            const T* p = valid ? src + (row0 + r) * stride + cc * 8 : src;
-            qkv::cp_async16(dst + r * LD + cc * 8, p, valid);
-        }
+        qkv::load_tile_rows<T, D>(dst, src, stride, row0, end, BM, tid);
     };
 
     // this thread's two rows (g and g + 8 of the warp's 16): lse, D_i, and whether the row sees any key
@@ -634,10 +694,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dq_mma(
         live[r] = Lr[r] != qkv::neg_inf();
     }
     float acc[D / 8][4];                          // dq / scale: (row g + 8*(e/2), feature n*8 + 2*qd + e%2)
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
+    qkv::zero_frags(acc);
 
     if (nt > 0) {
         load_rows(Qs, qb, qsl, m0, Lq);
@@ -663,40 +720,19 @@ __global__ void __launch_bounds__(128) attn_bwd_dq_mma(
 
         // S = Q K^T and dP = dO V^T, 16 rows x 64 keys: s[nb][e] is (row g + 8*(e/2), key nb*8 + 2*qd + e%2)
         float s[BN / 8][4], dp[BN / 8][4];
-#pragma unroll
-        for (int nb = 0; nb < BN / 8; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[nb][e] = dp[nb][e] = 0.f;
+        qkv::zero_frags(s);
+        qkv::zero_frags(dp);
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
-            const int j = lane / 8;
             unsigned a[4], c[4];
-            qkv::ldsm_x4(a, Qs + (warp * 16 + (j % 2) * 8 + lane % 8) * LD + kk * 16 + (j / 2) * 8);
-            qkv::ldsm_x4(c, dOs + (warp * 16 + (j % 2) * 8 + lane % 8) * LD + kk * 16 + (j / 2) * 8);
-#pragma unroll
-            for (int nb2 = 0; nb2 < BN / 16; ++nb2) {
-                unsigned r[4];
-                qkv::ldsm_x4(r, Kt + (nb2 * 16 + (j / 2) * 8 + lane % 8) * LD + kk * 16 + (j % 2) * 8);
-                qkv::mma_16816<T>(s[2 * nb2], a, r);
-                qkv::mma_16816<T>(s[2 * nb2 + 1], a, r + 2);
-                qkv::ldsm_x4(r, Vt + (nb2 * 16 + (j / 2) * 8 + lane % 8) * LD + kk * 16 + (j % 2) * 8);
-                qkv::mma_16816<T>(dp[2 * nb2], c, r);
-                qkv::mma_16816<T>(dp[2 * nb2 + 1], c, r + 2);
-            }
+            qkv::ldsm_a<T, D>(a, Qs + warp * 16 * LD, kk, lane);
+            qkv::ldsm_a<T, D>(c, dOs + warp * 16 * LD, kk, lane);
+            qkv::mma_a_xt<T, D, BN>(s, a, Kt, kk, lane);
+            qkv::mma_a_xt<T, D, BN>(dp, c, Vt, kk, lane);
         }
 
         // In a tile with hidden pairs, look for non-finite K first (see the section comment).
-        bool k_bad = false;
-        if (need_mask) {
-            const unsigned short expo = qkv::exponent_bits<T>();
-            for (int c = tid; c < BN * CH; c += 128) {
-                const unsigned short* hb = reinterpret_cast<const unsigned short*>(Kt + (c / CH) * LD + (c % CH) * 8);
-                for (int e = 0; e < 8; ++e)
-                    if ((hb[e] & expo) == expo) k_bad_flag = 1;
-            }
-            __syncthreads();
-            k_bad = k_bad_flag != 0;
-        }
+        const bool k_bad = need_mask && qkv::tile_nonfinite<T, D, BN>(Kt, k_bad_flag, tid);
         // dS = P o (dP - D) into dp; hidden pairs are 0 by selection
 #pragma unroll
         for (int nb = 0; nb < BN / 8; ++nb) {
@@ -718,43 +754,14 @@ __global__ void __launch_bounds__(128) attn_bwd_dq_mma(
         }
 
         if (k_bad) {                              // dQ += dS K on CUDA cores, dS = 0 skipped
-            float* Pw = Ps + warp * 16 * BN;
+            qkv::mma_a_x_skipping_zeros<T, D, BN>(acc, dp, Ps + warp * 16 * BN, Kt, lane);
+        } else {
+            // dQ += dS K: the dS accumulators of key blocks 2*kb2 and 2*kb2+1 are exactly an A fragment
 #pragma unroll
-            for (int nb = 0; nb < BN / 8; ++nb)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    Pw[(g + (e / 2) * 8) * BN + nb * 8 + 2 * qd + (e & 1)] =
-                        qkv::to_float(qkv::from_float<T>(dp[nb][e]));
-            __syncwarp();
-#pragma unroll
-            for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {             // unrolled: acc stays in registers
-                    const float* prow = Pw + (g + (e / 2) * 8) * BN;
-                    const int c = n * 8 + 2 * qd + (e & 1);
-                    float a = 0.f;
-#pragma unroll 1
-                    for (int jj = 0; jj < BN; ++jj)
-                        if (prow[jj] != 0.f) a += prow[jj] * qkv::to_float(Kt[jj * LD + c]);
-                    acc[n][e] += a;
-                }
-            __syncwarp();
-        } else
-        // dQ += dS K: the dS accumulators of key blocks 2*kb2 and 2*kb2+1 are exactly an A fragment
-#pragma unroll
-        for (int kb2 = 0; kb2 < BN / 16; ++kb2) {
-            unsigned a[4];
-            a[0] = qkv::pack2<T>(dp[2 * kb2][0], dp[2 * kb2][1]);
-            a[1] = qkv::pack2<T>(dp[2 * kb2][2], dp[2 * kb2][3]);
-            a[2] = qkv::pack2<T>(dp[2 * kb2 + 1][0], dp[2 * kb2 + 1][1]);
-            a[3] = qkv::pack2<T>(dp[2 * kb2 + 1][2], dp[2 * kb2 + 1][3]);
-#pragma unroll
-            for (int nd2 = 0; nd2 < D / 16; ++nd2) {
-                unsigned r[4];
-                const int j = lane / 8;
-                qkv::ldsm_x4_trans(r, Kt + (kb2 * 16 + (j % 2) * 8 + lane % 8) * LD + nd2 * 16 + (j / 2) * 8);
-                qkv::mma_16816<T>(acc[2 * nd2], a, r);
-                qkv::mma_16816<T>(acc[2 * nd2 + 1], a, r + 2);
+            for (int kb2 = 0; kb2 < BN / 16; ++kb2) {
+                unsigned a[4];
+                qkv::frags_to_a<T>(a, dp[2 * kb2], dp[2 * kb2 + 1]);
+                qkv::mma_a_x<T, D>(acc, a, Kt, kb2, lane);
             }
         }
         __syncthreads();                          // dq: everyone is done with buffer buf
@@ -764,13 +771,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dq_mma(
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int i = row_w + g + r * 8;
-        if (i >= Lq) continue;
-        T* row = dq + (r0 + i) * D;
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-            row[n * 8 + 2 * qd] = qkv::from_float<T>(acc[n][2 * r] * scale);
-            row[n * 8 + 2 * qd + 1] = qkv::from_float<T>(acc[n][2 * r + 1] * scale);
-        }
+        if (i < Lq) qkv::store_frag_row<T, D>(dq + (r0 + i) * D, acc, r, scale, lane);
     }
 }
 
@@ -782,7 +783,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_mma(
     int Hq, int Hkv, int Lq, int Lk, float scale, int causal,
     long long qsb, long long qsh, long long qsl, long long ksb, long long ksh, long long ksl,
     long long vsb, long long vsh, long long vsl, long long msb, long long msh, long long msq, long long msk) {
-    constexpr int BN = 64, LD = D + 8, CH = D / 8;
+    constexpr int BN = 64, LD = D + 8;
     constexpr int BQ = D <= 64 ? 64 : 32;         // queries per tile (kernels.ATTN_BWD_BQ): registers at D = 128
     QKV_DYNAMIC_SMEM(smem_raw);
     T* Ks = reinterpret_cast<T*>(smem_raw);       // [BN][LD]
@@ -808,12 +809,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_mma(
     const int nt = G * ntq;                       // tile t: head hk * G + t / ntq, queries i0 + (t % ntq) * BQ
 
     auto load_rows = [&](T* dst, const T* src, long long stride, int row0, int end, int nrows) {
-        for (int c = tid; c < nrows * CH; c += 128) {
-            int r = c / CH, cc = c % CH;
-            bool valid = row0 + r < end;
-            const T* p = valid ? src + (row0 + r) * stride + cc * 8 : src;
-            qkv::cp_async16(dst + r * LD + cc * 8, p, valid);
-        }
+        qkv::load_tile_rows<T, D>(dst, src, stride, row0, end, nrows, tid);
     };
     auto load_tile = [&](int t, int bf) {
         const int h = hk * G + t / ntq, m0 = i0 + (t % ntq) * BQ;
@@ -828,10 +824,8 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_mma(
     };
 
     float adk[D / 8][4], adv[D / 8][4];           // (key g + 8*(e/2) of the warp, feature n*8 + 2*qd + e%2)
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) adk[n][e] = adv[n][e] = 0.f;
+    qkv::zero_frags(adk);
+    qkv::zero_frags(adv);
 
     if (nt > 0) {
         load_rows(Ks, kb, ksl, n0, kv_len, BN);   // keys past kv_len: zeros (nobody sees them)
@@ -856,26 +850,15 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_mma(
 
         // S^T = K Q^T and dP^T = V dO^T, 16 keys x BQ queries: s[nb][e] is (key g + 8*(e/2), query nb*8 + 2*qd + e%2)
         float s[BQ / 8][4], dp[BQ / 8][4];
-#pragma unroll
-        for (int nb = 0; nb < BQ / 8; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[nb][e] = dp[nb][e] = 0.f;
+        qkv::zero_frags(s);
+        qkv::zero_frags(dp);
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
-            const int j = lane / 8;
             unsigned a[4], c[4];
-            qkv::ldsm_x4(a, Ks + (warp * 16 + (j % 2) * 8 + lane % 8) * LD + kk * 16 + (j / 2) * 8);
-            qkv::ldsm_x4(c, Vs + (warp * 16 + (j % 2) * 8 + lane % 8) * LD + kk * 16 + (j / 2) * 8);
-#pragma unroll
-            for (int nb2 = 0; nb2 < BQ / 16; ++nb2) {
-                unsigned r[4];
-                qkv::ldsm_x4(r, Qt + (nb2 * 16 + (j / 2) * 8 + lane % 8) * LD + kk * 16 + (j % 2) * 8);
-                qkv::mma_16816<T>(s[2 * nb2], a, r);
-                qkv::mma_16816<T>(s[2 * nb2 + 1], a, r + 2);
-                qkv::ldsm_x4(r, dOt + (nb2 * 16 + (j / 2) * 8 + lane % 8) * LD + kk * 16 + (j % 2) * 8);
-                qkv::mma_16816<T>(dp[2 * nb2], c, r);
-                qkv::mma_16816<T>(dp[2 * nb2 + 1], c, r + 2);
-            }
+            qkv::ldsm_a<T, D>(a, Ks + warp * 16 * LD, kk, lane);
+            qkv::ldsm_a<T, D>(c, Vs + warp * 16 * LD, kk, lane);
+            qkv::mma_a_xt<T, D, BQ>(s, a, Qt, kk, lane);
+            qkv::mma_a_xt<T, D, BQ>(dp, c, dOt, kk, lane);
         }
         // P^T into s, dS^T = P^T o (dP^T - D) into dp; hidden pairs are 0 by selection
 #pragma unroll
@@ -903,25 +886,10 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_mma(
 #pragma unroll
         for (int kb2 = 0; kb2 < BQ / 16; ++kb2) {
             unsigned ap[4], ad[4];
-            ap[0] = qkv::pack2<T>(s[2 * kb2][0], s[2 * kb2][1]);
-            ap[1] = qkv::pack2<T>(s[2 * kb2][2], s[2 * kb2][3]);
-            ap[2] = qkv::pack2<T>(s[2 * kb2 + 1][0], s[2 * kb2 + 1][1]);
-            ap[3] = qkv::pack2<T>(s[2 * kb2 + 1][2], s[2 * kb2 + 1][3]);
-            ad[0] = qkv::pack2<T>(dp[2 * kb2][0], dp[2 * kb2][1]);
-            ad[1] = qkv::pack2<T>(dp[2 * kb2][2], dp[2 * kb2][3]);
-            ad[2] = qkv::pack2<T>(dp[2 * kb2 + 1][0], dp[2 * kb2 + 1][1]);
-            ad[3] = qkv::pack2<T>(dp[2 * kb2 + 1][2], dp[2 * kb2 + 1][3]);
-#pragma unroll
-            for (int nd2 = 0; nd2 < D / 16; ++nd2) {
-                unsigned r[4];
-                const int j = lane / 8;
-                qkv::ldsm_x4_trans(r, dOt + (kb2 * 16 + (j % 2) * 8 + lane % 8) * LD + nd2 * 16 + (j / 2) * 8);
-                qkv::mma_16816<T>(adv[2 * nd2], ap, r);
-                qkv::mma_16816<T>(adv[2 * nd2 + 1], ap, r + 2);
-                qkv::ldsm_x4_trans(r, Qt + (kb2 * 16 + (j % 2) * 8 + lane % 8) * LD + nd2 * 16 + (j / 2) * 8);
-                qkv::mma_16816<T>(adk[2 * nd2], ad, r);
-                qkv::mma_16816<T>(adk[2 * nd2 + 1], ad, r + 2);
-            }
+            qkv::frags_to_a<T>(ap, s[2 * kb2], s[2 * kb2 + 1]);
+            qkv::frags_to_a<T>(ad, dp[2 * kb2], dp[2 * kb2 + 1]);
+            qkv::mma_a_x<T, D>(adv, ap, dOt, kb2, lane);
+            qkv::mma_a_x<T, D>(adk, ad, Qt, kb2, lane);
         }
         __syncthreads();                          // dkdv: everyone is done with buffer buf
     }
@@ -932,12 +900,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_mma(
         const int jk = n0 + warp * 16 + g + 8 * r;
         if (jk >= Lk) continue;
         const long long row = ((long long)b * Hkv + hk) * Lk + jk;
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-            dk[row * D + n * 8 + 2 * qd] = qkv::from_float<T>(adk[n][2 * r] * scale);
-            dk[row * D + n * 8 + 2 * qd + 1] = qkv::from_float<T>(adk[n][2 * r + 1] * scale);
-            dv[row * D + n * 8 + 2 * qd] = qkv::from_float<T>(adv[n][2 * r]);
-            dv[row * D + n * 8 + 2 * qd + 1] = qkv::from_float<T>(adv[n][2 * r + 1]);
-        }
+        qkv::store_frag_row<T, D>(dk + row * D, adk, r, scale, lane);
+        qkv::store_frag_row<T, D>(dv + row * D, adv, r, 1.f, lane);
     }
 }
