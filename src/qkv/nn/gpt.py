@@ -11,7 +11,7 @@ the parameters. There is no dropout.
 import numpy as np
 
 import qkv
-from qkv import _backend
+from qkv import _backend, _ops
 from qkv.nn.config import GPTConfig
 from qkv.nn import hooks as _hooks
 from qkv.nn.kv_cache import KVCache
@@ -171,11 +171,13 @@ class GPT(_hooks.HookedModel, Module):
 
     def _blocks_and_head(self, x, cache, last_only, return_attention, scratch, logits_out, **block_kw):
         """The residual stream x (B, L, C) through every block, ln_f and the LM head (GPT and Llama
-        alike); block_kw go to each block (the mask, and Llama's positions)."""
+        alike); block_kw go to each block (the mask, and Llama's positions). The layers call their ops
+        through qkv._ops.forward_kernels, checked here once for the pass: every argument is the model's own."""
         L = x.shape[1]
+        ops = _ops.forward_kernels(x)
         trace = {"attention": [], "residual": [x.copy()]} if return_attention else None
         for i, block in enumerate(self.h):
-            x = block(x, cache=cache, layer=i, return_weights=return_attention, scratch=scratch, **block_kw)
+            x = block(x, cache=cache, layer=i, return_weights=return_attention, scratch=scratch, ops=ops, **block_kw)
             if return_attention:
                 x, w = x
                 trace["attention"].append(w)
@@ -184,8 +186,8 @@ class GPT(_hooks.HookedModel, Module):
             cache.advance(L)
         if last_only:
             x = x[:, -1:, :]  # only the last position goes through the LM head
-        h = self.ln_f(x, out=scratch("ln_f", x.shape))
-        logits = qkv.linear(h, self._head(), out=logits_out)  # (B, L, C) @ (C, V)
+        h = self.ln_f(x, out=scratch("ln_f", x.shape), ops=ops)
+        logits = ops.linear(h, self._head(), None, None, logits_out)  # (B, L, C) @ (C, V)
         return (logits, trace) if return_attention else logits
 
     def _head(self):

@@ -8,6 +8,10 @@ Every layer takes an optional ``scratch`` (qkv.nn.module.Scratch): its outputs t
 work buffers through the ops' ``out=``, and a Block updates the residual stream in place. Without
 one, every op returns a fresh array and inputs are never modified.
 
+Inference layers also take ``ops``: what their ops go through, qkv._ops.forward_kernels(x) of the
+model's forward pass (on the ``cpu`` backend the kernels themselves, checked once per pass, since
+every argument is the model's own); None means the public qkv ops, checked at every call.
+
 Training: a layer called with a ``tape`` (qkv.nn.module.Tape) keeps what its backward needs (its
 inputs, the attention's output and log-sum-exp, the layer norms' mean and rstd, the MLP's
 pre-activation) in work buffers reused from step to step; ``layer.backward(dout, tape)`` returns
@@ -18,6 +22,7 @@ self-attention, no mask) is what this covers; there is no dropout.
 import numpy as np
 
 import qkv
+from qkv._ops import PUBLIC_OPS
 from qkv.nn.module import Module, buffer, namespace
 
 
@@ -39,9 +44,9 @@ class Linear(Module):
         self.weight = _zeros(xp, (n_in, n_out), dtype)
         self.bias = _zeros(xp, (n_out,), dtype) if bias else None
 
-    def __call__(self, x, activation=None, out=None, tape=None):
+    def __call__(self, x, activation=None, out=None, tape=None, ops=None):
         if tape is None:
-            return qkv.linear(x, self.weight, self.bias, activation, out=out)
+            return (ops or PUBLIC_OPS).linear(x, self.weight, self.bias, activation, out)
         tape["x"], tape["activation"] = x, activation
         if activation is None:
             return qkv.linear(x, self.weight, self.bias, out=out)
@@ -68,9 +73,9 @@ class LayerNorm(Module):
         self.bias = _zeros(xp, (n,), dtype)
         self.eps = eps
 
-    def __call__(self, x, out=None, tape=None):
+    def __call__(self, x, out=None, tape=None, ops=None):
         if tape is None:
-            return qkv.layer_norm(x, self.weight, self.bias, self.eps, out=out)
+            return (ops or PUBLIC_OPS).layer_norm(x, self.weight, self.bias, self.eps, out)
         y, tape["mean"], tape["rstd"] = qkv.layer_norm(x, self.weight, self.bias, self.eps, out=out,
                                                        return_stats=True)
         tape["x"] = x
@@ -91,8 +96,8 @@ class RMSNorm(Module):
         self.weight = xp.ones((n,), dtype=dtype)
         self.eps = eps
 
-    def __call__(self, x, out=None):
-        return qkv.rms_norm(x, self.weight, self.eps, out=out)
+    def __call__(self, x, out=None, ops=None):
+        return (ops or PUBLIC_OPS).rms_norm(x, self.weight, self.eps, out)
 
 
 class Embedding(Module):
@@ -265,13 +270,13 @@ class MultiHeadAttention(Module):
         t = t.reshape(B, L, parts, self.n_head, self.head_dim)
         return [t[:, :, i].transpose(0, 2, 1, 3) for i in range(parts)]
 
-    def _heads(self, x, start, positions, scratch):
+    def _heads(self, x, start, positions, scratch, ops):
         """Self-attention's q (B, H, L, d), k and v (B, Hkv, L, d) of x (B, L, C): one GEMM into the
         [q | k | v] rows, then (rope) the rotary positions on q and k. positions: (L,) or (B, L),
         default start..start+L-1."""
         B, L, _ = x.shape
         H, Hkv, d = self.n_head, self.n_kv_head, self.head_dim
-        rows = self.c_attn(x, out=buffer(scratch, "qkv", (B, L, (H + 2 * Hkv) * d)))
+        rows = self.c_attn(x, out=buffer(scratch, "qkv", (B, L, (H + 2 * Hkv) * d)), ops=ops)
         if Hkv == H and self.rope is None:
             return self._split(rows, 3)  # (B, H, L, d) each
         t = rows.reshape(B, L, H + 2 * Hkv, d)
@@ -280,12 +285,13 @@ class MultiHeadAttention(Module):
             if positions is None:
                 positions = namespace(x).arange(start, start + L)
             theta, scaling = self.rope["theta"], self.rope["scaling"]
-            qkv.rope(q, positions, theta=theta, scaling=scaling, out=q)  # in place: the rows are ours
-            qkv.rope(k, positions, theta=theta, scaling=scaling, out=k)
+            ops = ops or PUBLIC_OPS
+            ops.rope(q, positions, theta, scaling, q)  # in place: the rows are ours
+            ops.rope(k, positions, theta, scaling, k)
         return [a.transpose(0, 2, 1, 3) for a in (q, k, v)]
 
     def __call__(self, x, *, context=None, mask=None, kv_lengths=None, cache=None, layer=0, return_weights=False,
-                 scratch=None, out=None, positions=None):
+                 scratch=None, out=None, positions=None, ops=None):
         """x (B, L, C) -> (B, L, C) [, weights (B, H, L, Lk)].
 
         cache: a KVCache; this call's keys/values are appended at the cache's current length and
@@ -297,16 +303,21 @@ class MultiHeadAttention(Module):
         if self.cross:
             if context is None:
                 raise ValueError("cross-attention needs a context (B, Lk, C)")
-            (q,) = self._split(self.q_attn(x, out=buffer(scratch, "q", (B, L, C))), 1)
-            k, v = self._split(self.c_attn(context, out=buffer(scratch, "kv", context.shape[:2] + (2 * C,))), 2)
+            (q,) = self._split(self.q_attn(x, out=buffer(scratch, "q", (B, L, C)), ops=ops), 1)
+            k, v = self._split(self.c_attn(context, out=buffer(scratch, "kv", context.shape[:2] + (2 * C,)), ops=ops),
+                               2)
         else:
             start = 0 if cache is None else cache.length  # positions (rope): default start..start+L-1
-            q, k, v = self._heads(x, start, positions, scratch)  # q (B, H, L, d), k and v (B, Hkv, L, d)
+            q, k, v = self._heads(x, start, positions, scratch, ops)  # q (B, H, L, d), k and v (B, Hkv, L, d)
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, H, t + L, d) views into the cache
-        res = qkv.attention(q, k, v, causal=self.causal and not self.cross, mask=mask, kv_lengths=kv_lengths,
-                            return_weights=return_weights, out=buffer(scratch, "att", (B, H, L, d)))
-        y, weights = res if return_weights else (res, None)
+        causal, att = self.causal and not self.cross, buffer(scratch, "att", (B, H, L, d))
+        if ops is not None and not return_weights and kv_lengths is None:
+            y, weights = ops.attention(q, k, v, causal, mask, att), None
+        else:
+            res = qkv.attention(q, k, v, causal=causal, mask=mask, kv_lengths=kv_lengths,
+                                return_weights=return_weights, out=att)
+            y, weights = res if return_weights else (res, None)
         y = y.transpose(0, 2, 1, 3)  # (B, L, H, d); for L == 1 this is already (B, 1, C) in memory
         if scratch is None or L == 1:
             y = y.reshape(B, L, H * d)
@@ -314,7 +325,7 @@ class MultiHeadAttention(Module):
             flat = scratch("att_rows", (B, L, H * d))
             namespace(flat).copyto(flat.reshape(B, L, H, d), y)
             y = flat
-        y = self.c_proj(y, out=out)  # the heads' Wv_up, stapled: (B, L, C) @ (C, C)
+        y = self.c_proj(y, out=out, ops=ops)  # the heads' Wv_up, stapled: (B, L, C) @ (C, C)
         return (y, weights) if return_weights else y
 
     def forward_train(self, x, tape, out=None):
@@ -358,9 +369,10 @@ class MLP(Module):
         self.c_proj = Linear(n_inner, n_embd, bias, dtype, xp)
         self.activation = activation
 
-    def __call__(self, x, *, scratch=None, out=None):
-        h = self.c_fc(x, self.activation, out=buffer(scratch, "fc", x.shape[:-1] + self.c_proj.weight.shape[:1]))
-        return self.c_proj(h, out=out)
+    def __call__(self, x, *, scratch=None, out=None, ops=None):
+        h = self.c_fc(x, self.activation, out=buffer(scratch, "fc", x.shape[:-1] + self.c_proj.weight.shape[:1]),
+                      ops=ops)
+        return self.c_proj(h, out=out, ops=ops)
 
     def forward_train(self, x, tape, out=None):
         h = self.c_fc(x, self.activation, out=tape.buf("h", x.shape[:-1] + self.c_fc.weight.shape[1:]),
@@ -399,32 +411,33 @@ class Block(Module):
         self.mlp = None if attn_only else MLP(n_embd, n_inner, activation, bias, dtype, xp)
 
     def __call__(self, x, *, mask=None, kv_lengths=None, cache=None, layer=0, return_weights=False, scratch=None,
-                 positions=None):
+                 positions=None, ops=None):
         """x (B, L, C) -> (B, L, C) [, attention weights (B, H, L, Lk)]. positions: rope's (L,) or (B, L).
 
         With a scratch, x is the caller's residual stream buffer: it is updated in place and
         returned. Without one, x is left untouched and a new array is returned.
         """
+        proj = buffer(scratch, "proj", x.shape)  # (B, L, C), or None
+        ln = buffer(scratch, "ln", x.shape) if self.pre_ln else None
         kw = dict(mask=mask, kv_lengths=kv_lengths, cache=cache, layer=layer, return_weights=return_weights,
-                  scratch=scratch, out=buffer(scratch, "proj", x.shape), positions=positions)
+                  scratch=scratch, out=proj, positions=positions, ops=ops)
         if self.pre_ln:
-            a = self.attn(self.ln_1(x, out=buffer(scratch, "ln", x.shape)), **kw)
+            a = self.attn(self.ln_1(x, out=ln, ops=ops), **kw)
             a, w = a if return_weights else (a, None)
             if scratch is None:
                 x = x + a
             else:
                 x += a
             if self.mlp is not None:
-                x += self.mlp(self.ln_2(x, out=buffer(scratch, "ln", x.shape)), scratch=scratch,
-                              out=buffer(scratch, "proj", x.shape))
+                x += self.mlp(self.ln_2(x, out=ln, ops=ops), scratch=scratch, out=proj, ops=ops)
         else:
             a = self.attn(x, **kw)
             a, w = a if return_weights else (a, None)
             a += x  # a is ours (fresh or the "proj" buffer)
-            h = self.ln_1(a, out=None if scratch is None else x)
-            m = self.mlp(h, scratch=scratch, out=buffer(scratch, "proj", x.shape))
+            h = self.ln_1(a, out=None if scratch is None else x, ops=ops)
+            m = self.mlp(h, scratch=scratch, out=proj, ops=ops)
             m += h
-            x = self.ln_2(m, out=None if scratch is None else h)
+            x = self.ln_2(m, out=None if scratch is None else h, ops=ops)
         return (x, w) if return_weights else x
 
     def forward_train(self, x, tape, out):
