@@ -16,17 +16,7 @@ loops are compiled for AVX-512, AVX2 and baseline (embedding.inc).
 #include "embedding.h"
 
 #define QKV_INC "embedding.inc"
-#define T float
-#define SFX f32
-#include "qkv_isa_instances.h"
-#undef T
-#undef SFX
-
-#define T double
-#define SFX f64
-#include "qkv_isa_instances.h"
-#undef T
-#undef SFX
+#include "qkv_dtype_instances.h"
 
 // start (V + 1,): the positions of id v are order[start[v] .. start[v + 1]), increasing
 static int embedding_group(int64_t* start, int64_t* order, const int64_t* ids, int64_t n, int64_t V) {

@@ -20,21 +20,7 @@ rows (qkv_reduce.h), so they are the same bits for any thread count.
 #include "layernorm.h"
 
 #define QKV_INC "layernorm.inc"
-#define T float
-#define SFX f32
-#define SQRT sqrtf
-#include "qkv_isa_instances.h"
-#undef T
-#undef SFX
-#undef SQRT
-
-#define T double
-#define SFX f64
-#define SQRT sqrt
-#include "qkv_isa_instances.h"
-#undef T
-#undef SFX
-#undef SQRT
+#include "qkv_dtype_instances.h"
 
 #define LAYERNORM_DRIVER(T, SFX)                                                                      \
     int qkv_layernorm_##SFX(T* out, T* mean, T* rstd, const T* x, const T* weight, const T* bias,       \

@@ -20,21 +20,7 @@ count.
 #include "rmsnorm.h"
 
 #define QKV_INC "rmsnorm.inc"
-#define T float
-#define SFX f32
-#define SQRT sqrtf
-#include "qkv_isa_instances.h"
-#undef T
-#undef SFX
-#undef SQRT
-
-#define T double
-#define SFX f64
-#define SQRT sqrt
-#include "qkv_isa_instances.h"
-#undef T
-#undef SFX
-#undef SQRT
+#include "qkv_dtype_instances.h"
 
 #define RMSNORM_DRIVER(T, SFX)                                                                        \
     int qkv_rmsnorm_##SFX(T* out, T* rstd, const T* x, const T* weight, int64_t R, int64_t C, T eps, int simd, \
