@@ -3,6 +3,8 @@
 from cython cimport floating
 from libc.stdint cimport int64_t
 
+from qkv._cpu._vectors cimport cvec_ptr, vec_ptr
+
 cdef extern from "layernorm.h" nogil:
     int qkv_layernorm_f32(float* out, float* mean, float* rstd, const float* x, const float* weight,
                           const float* bias, int64_t R, int64_t C, float eps, int simd, int n_threads)
@@ -16,23 +18,6 @@ cdef extern from "layernorm.h" nogil:
                                    int64_t C, double eps, int simd, int n_threads)
 
 
-cdef inline const floating* _cptr(const floating[::1] a, int64_t n, str name) except? NULL:
-    """Pointer to a (n,) vector, NULL for None."""
-    if a is None:
-        return NULL
-    if a.shape[0] != n:
-        raise ValueError(f"layernorm: {name} length mismatch")
-    return &a[0]
-
-
-cdef inline floating* _ptr(floating[::1] a, int64_t n, str name) except? NULL:
-    if a is None:
-        return NULL
-    if a.shape[0] != n:
-        raise ValueError(f"layernorm: {name} length mismatch")
-    return &a[0]
-
-
 def layernorm_rows(floating[:, ::1] out,       # OUT (R, C)
                    const floating[:, ::1] x,   # IN  (R, C)
                    const floating[::1] weight, # IN  (C,) or None
@@ -41,10 +26,10 @@ def layernorm_rows(floating[:, ::1] out,       # OUT (R, C)
                    floating[::1] rstd,         # OUT (R,) or None
                    double eps, int simd, int n_threads):
     cdef int64_t R = x.shape[0], C = x.shape[1]
-    cdef const floating* wp = _cptr(weight, C, "weight")
-    cdef const floating* bp = _cptr(bias, C, "bias")
-    cdef floating* mp = _ptr(mean, R, "mean")
-    cdef floating* rp = _ptr(rstd, R, "rstd")
+    cdef const floating* wp = cvec_ptr(weight, C, "layernorm weight")
+    cdef const floating* bp = cvec_ptr(bias, C, "layernorm bias")
+    cdef floating* mp = vec_ptr(mean, R, "layernorm mean")
+    cdef floating* rp = vec_ptr(rstd, R, "layernorm rstd")
     cdef int status
     if out.shape[0] != R or out.shape[1] != C:
         raise ValueError("layernorm_rows: out shape mismatch")
@@ -69,11 +54,11 @@ def layernorm_backward_rows(floating[:, ::1] dx,        # OUT (R, C)
                             const floating[::1] rstd,   # IN  (R,) or None
                             double eps, int simd, int n_threads):
     cdef int64_t R = x.shape[0], C = x.shape[1]
-    cdef floating* dwp = _ptr(dweight, C, "dweight")
-    cdef floating* dbp = _ptr(dbias, C, "dbias")
-    cdef const floating* wp = _cptr(weight, C, "weight")
-    cdef const floating* mp = _cptr(mean, R, "mean")
-    cdef const floating* rp = _cptr(rstd, R, "rstd")
+    cdef floating* dwp = vec_ptr(dweight, C, "layernorm dweight")
+    cdef floating* dbp = vec_ptr(dbias, C, "layernorm dbias")
+    cdef const floating* wp = cvec_ptr(weight, C, "layernorm weight")
+    cdef const floating* mp = cvec_ptr(mean, R, "layernorm mean")
+    cdef const floating* rp = cvec_ptr(rstd, R, "layernorm rstd")
     cdef int status
     if dx.shape[0] != R or dx.shape[1] != C or dy.shape[0] != R or dy.shape[1] != C:
         raise ValueError("layernorm_backward_rows: dx/dy shape mismatch")

@@ -3,6 +3,8 @@
 from cython cimport floating
 from libc.stdint cimport int64_t
 
+from qkv._cpu._vectors cimport cvec_ptr, vec_ptr
+
 cdef extern from "rmsnorm.h" nogil:
     int qkv_rmsnorm_f32(float* out, float* rstd, const float* x, const float* weight, int64_t R, int64_t C,
                         float eps, int simd, int n_threads)
@@ -15,31 +17,14 @@ cdef extern from "rmsnorm.h" nogil:
                                  int simd, int n_threads)
 
 
-cdef inline const floating* _cptr(const floating[::1] a, int64_t n, str name) except? NULL:
-    """Pointer to a (n,) vector, NULL for None."""
-    if a is None:
-        return NULL
-    if a.shape[0] != n:
-        raise ValueError(f"rmsnorm: {name} length mismatch")
-    return &a[0]
-
-
-cdef inline floating* _ptr(floating[::1] a, int64_t n, str name) except? NULL:
-    if a is None:
-        return NULL
-    if a.shape[0] != n:
-        raise ValueError(f"rmsnorm: {name} length mismatch")
-    return &a[0]
-
-
 def rmsnorm_rows(floating[:, ::1] out,       # OUT (R, C)
                  const floating[:, ::1] x,   # IN  (R, C)
                  const floating[::1] weight, # IN  (C,) or None
                  floating[::1] rstd,         # OUT (R,) or None
                  double eps, int simd, int n_threads):
     cdef int64_t R = x.shape[0], C = x.shape[1]
-    cdef const floating* wp = _cptr(weight, C, "weight")
-    cdef floating* rp = _ptr(rstd, R, "rstd")
+    cdef const floating* wp = cvec_ptr(weight, C, "rmsnorm weight")
+    cdef floating* rp = vec_ptr(rstd, R, "rmsnorm rstd")
     cdef int status
     if out.shape[0] != R or out.shape[1] != C:
         raise ValueError("rmsnorm_rows: out shape mismatch")
@@ -62,9 +47,9 @@ def rmsnorm_backward_rows(floating[:, ::1] dx,        # OUT (R, C)
                           const floating[::1] rstd,   # IN  (R,) or None (recomputed)
                           double eps, int simd, int n_threads):
     cdef int64_t R = x.shape[0], C = x.shape[1]
-    cdef floating* dwp = _ptr(dweight, C, "dweight")
-    cdef const floating* wp = _cptr(weight, C, "weight")
-    cdef const floating* rp = _cptr(rstd, R, "rstd")
+    cdef floating* dwp = vec_ptr(dweight, C, "rmsnorm dweight")
+    cdef const floating* wp = cvec_ptr(weight, C, "rmsnorm weight")
+    cdef const floating* rp = cvec_ptr(rstd, R, "rmsnorm rstd")
     cdef int status
     if dx.shape[0] != R or dx.shape[1] != C or dy.shape[0] != R or dy.shape[1] != C:
         raise ValueError("rmsnorm_backward_rows: dx/dy shape mismatch")
