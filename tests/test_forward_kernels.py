@@ -97,3 +97,10 @@ def test_a_weight_the_model_did_not_build_still_fails_loudly():
     fc.weight = np.zeros((fc.weight.shape[0] + 1, fc.weight.shape[1]), np.float32)  # the wrong shape
     with pytest.raises(ValueError):
         model(np.array([[1, 2, 3]]))
+
+
+def test_a_quantized_swiglu_mlp_gets_the_error_of_the_checked_op():
+    """The quantized kernels have no SwiGLU epilogue: the fast path hands that call to qkv.linear."""
+    model = load("tiny_llama", "int8")
+    with pytest.raises(ValueError, match="linear: activation must be one of .* got 'swiglu'"):
+        model(np.array([[1, 2, 3]]))

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+import qkv
 import qkv._cpu as _be
 from qkv import _rope
 from qkv._cpu import _config
@@ -39,6 +40,8 @@ def linear(x, weight, bias, activation, out):
     "swiglu" ([gate | up] columns, out (..., N/2)): when the rows fit one block of
     qkv._cpu._linear_swiglu, the same GEMM into a (R, N) buffer then the same epilogue."""
     if type(weight) is QuantizedWeight:
+        if activation not in _ACT:  # e.g. "swiglu": qkv.linear says what the quantized kernels take
+            return qkv.linear(x, weight, bias, activation, out=out)
         return linear_cpu(x, weight, bias, activation, out)
     K, N = weight.shape
     x2 = np.ascontiguousarray(x).reshape(-1, K)  # (R, K)
