@@ -112,6 +112,23 @@ def test_batched_leading_axes_noncontiguous_and_out(fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_one_dimensional_x_is_one_row(fmt):
+    """x (K,) -> (N,): the same bits as the row x[None] (linear_cpu's no-copy path for a 1-D x),
+    also for a strided 1-D x and with out=."""
+    rng = np.random.default_rng(12)
+    x, w, b = _draw(rng, 1, 96, 40)
+    wq = qkv.quantize_weight(w, fmt)
+    row = qkv.linear(x, wq, b, "gelu_tanh")
+    y = qkv.linear(x[0], wq, b, "gelu_tanh")
+    assert y.shape == (40,)
+    np.testing.assert_array_equal(y, row[0])
+    xs = np.repeat(x[0], 2)[::2]  # (96,), stride 8 bytes
+    out = np.empty(40, np.float32)
+    assert qkv.linear(xs, wq, b, "gelu_tanh", out=out) is out
+    np.testing.assert_array_equal(out, row[0])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("M", [1, SMALL_M])
 def test_decode_kernel_one_and_two_threads_bit_identical(fmt, M):
     """The decode kernel computes each output in a fixed order whoever runs it. (The GEMM path is

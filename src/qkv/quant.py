@@ -165,22 +165,28 @@ def quantize_weight(weight, format):
 # ---------------------------------------------------------------------------------------------
 # qkv.linear with a QuantizedWeight (arguments validated by qkv._ops.linear)
 
-def linear_cpu(x, weight, bias, activation, out):
-    """The ``cpu`` backend: csrc/quant.c through qkv._cpu._quant."""
-    from qkv._cpu import _config
-    from qkv._cpu import ACTIVATION_CODES
-    from qkv._cpu._quant import qlinear_bf16_rows, qlinear_q8_rows
+_cpu = None  # (simd_level, get_num_threads, ACTIVATION_CODES, qlinear_bf16_rows, qlinear_q8_rows), at first use
 
+
+def linear_cpu(x, weight, bias, activation, out):
+    """The ``cpu`` backend: csrc/quant.c through qkv._cpu._quant. A decode step calls this about 50
+    times per token, so the compiled entry points are looked up once, not imported per call."""
+    global _cpu
+    if _cpu is None:
+        from qkv._cpu import ACTIVATION_CODES, _config
+        from qkv._cpu._quant import qlinear_bf16_rows, qlinear_q8_rows
+
+        _cpu = (_config.simd_level, _config.get_num_threads, ACTIVATION_CODES, qlinear_bf16_rows, qlinear_q8_rows)
+    simd_level, num_threads, codes, bf16_rows, q8_rows = _cpu
     K, N = weight.shape
     y = np.empty(x.shape[:-1] + (N,), np.float32) if out is None else out
-    x2 = np.ascontiguousarray(x).reshape(-1, K)
-    y2 = y.reshape(-1, N)
+    x2 = x.reshape(1, K) if x.ndim == 1 and x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1, K)
     b = None if bias is None else np.ascontiguousarray(bias)
-    act, simd, nt = ACTIVATION_CODES[activation], _config.simd_level(), _config.get_num_threads()
     if weight.format == "bf16":
-        qlinear_bf16_rows(y2, x2, weight.data, b, act, simd, nt)
+        bf16_rows(y.reshape(-1, N), x2, weight.data, b, codes[activation], simd_level(), num_threads())
     else:
-        qlinear_q8_rows(y2, x2, weight.data, weight.scales.view(np.uint16), b, act, simd, nt)
+        q8_rows(y.reshape(-1, N), x2, weight.data, weight.scales.view(np.uint16), b, codes[activation], simd_level(),
+                num_threads())
     return y
 
 
