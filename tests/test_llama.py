@@ -247,11 +247,6 @@ def test_sliding_window_is_refused_beyond_the_window(tmp_path):
         model(REF["tiny_mistral.ids"][:, :9])
 
 
-def test_training_is_not_offered():
-    with pytest.raises(NotImplementedError, match="Llama runs inference only"):
-        Llama.from_pretrained(FIX / "tiny_qwen2").value_and_grad(np.zeros((1, 2), int), np.zeros((1, 2), int))
-
-
 # ---------------------------------------------------------------------------------------------
 # config and loader errors
 

@@ -740,12 +740,13 @@ def rms_norm(x, weight, eps=1e-6, *, out=None, return_stats=False):
     return be.rms_norm(x, weight, eps, out=out)
 
 
-def rms_norm_backward(dy, x, weight, rstd=None, *, eps=1e-6):
+def rms_norm_backward(dy, x, weight, rstd=None, *, eps=1e-6, out=None):
     """Gradients of :func:`rms_norm`: ``(dx, dweight)``.
 
     dy and x are (..., C), weight (C,) or None as given to the forward (dweight is None then).
     rstd is ``rms_norm(..., return_stats=True)``'s; without it it is recomputed from x and eps.
     dweight sums over rows in a fixed order: the same bits whatever the thread count.
+    ``out=(dx, dweight)``: C-contiguous destinations (each may be None: allocated).
     """
     op = "rms_norm_backward"
     be = _backend.select(op, {"dy": dy, "x": x, "weight": weight, "rstd": rstd})
@@ -760,7 +761,10 @@ def rms_norm_backward(dy, x, weight, rstd=None, *, eps=1e-6):
         sd = _stats_dtype(x.dtype)
         if rstd.dtype != sd:
             rstd = rstd.astype(sd)
-    return be.rms_norm_backward(dy, x, weight, rstd, eps)
+    out = _check_results(op, out, (("dx", x.shape, x.dtype, False), ("dweight", None if weight is None else
+                                                                       weight.shape, x.dtype, False)),
+                         {"dy": dy, "x": x, "weight": weight, "rstd": rstd})
+    return _backward(be, "rms_norm_backward", out, dy, x, weight, rstd, eps)
 
 
 def _check_rope_args(op, be, x, name, positions, theta, scaling):
@@ -807,12 +811,15 @@ def rope(x, positions, *, theta=10000.0, scaling=None, out=None):
     return be.rope(x, positions, inv_freq, out=out)
 
 
-def rope_backward(dy, positions, *, theta=10000.0, scaling=None):
-    """Gradient of :func:`rope`: dy rotated by the negative angles (the rotation's transpose)."""
+def rope_backward(dy, positions, *, theta=10000.0, scaling=None, out=None):
+    """Gradient of :func:`rope`: dy rotated by the negative angles (the rotation's transpose).
+    ``out=dy`` rotates in place (as rope's out=x)."""
     op = "rope_backward"
-    be = _backend.select(op, {"dy": dy, "positions": positions})
+    be = _backend.select(op, {"dy": dy, "positions": positions, "out": out})
     inv_freq = _check_rope_args(op, be, dy, "dy", positions, theta, scaling)
-    return be.rope(dy, positions, inv_freq, inverse=True)
+    if out is not None and out is not dy:
+        out = _check_out(op, out, dy.shape, dy.dtype, {"dy": dy, "positions": positions})
+    return be.rope(dy, positions, inv_freq, out=out, inverse=True)
 
 
 def _check_swiglu_args(op, be, gate, up):
@@ -834,13 +841,16 @@ def swiglu(gate, up, *, out=None):
     return be.swiglu(gate, up, out=out)
 
 
-def swiglu_backward(dy, gate, up):
-    """Gradients of :func:`swiglu`: ``(dgate, dup)`` = (dy * up * silu'(gate), dy * silu(gate))."""
+def swiglu_backward(dy, gate, up, *, out=None):
+    """Gradients of :func:`swiglu`: ``(dgate, dup)`` = (dy * up * silu'(gate), dy * silu(gate)).
+    ``out=(dgate, dup)``: C-contiguous destinations (each may be None: allocated)."""
     op = "swiglu_backward"
     be = _backend.select(op, {"dy": dy, "gate": gate, "up": up})
     _check_swiglu_args(op, be, gate, up)
     _check_like(op, "dy", dy, "gate", gate)
-    return be.swiglu_backward(dy, gate, up)
+    out = _check_results(op, out, (("dgate", gate.shape, gate.dtype, False), ("dup", gate.shape, gate.dtype, False)),
+                         {"dy": dy, "gate": gate, "up": up})
+    return _backward(be, "swiglu_backward", out, dy, gate, up)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -221,10 +221,11 @@ def rms_norm(x, weight=None, eps=1e-6, out=None, return_stats=False):
     return (y, rstd) if return_stats else y
 
 
-def rms_norm_backward(dy, x, weight=None, rstd=None, eps=1e-6):
+def rms_norm_backward(dy, x, weight=None, rstd=None, eps=1e-6, out=None):
     C = x.shape[-1]
-    dx = np.empty(x.shape, x.dtype)
-    dw = None if weight is None else np.empty(C, x.dtype)
+    dx, dw = _outs(out, 2)
+    dx = _result(dx, x.shape, x.dtype)
+    dw = None if weight is None else _result(dw, C, x.dtype)
     w = None if weight is None else np.ascontiguousarray(weight)
     r = None if rstd is None else np.ascontiguousarray(rstd, dtype=x.dtype).reshape(-1)
     rmsnorm_backward_rows(dx.reshape(-1, C), dw, _rows(dy), _rows(x), w, r, eps, _config.simd_level(),
@@ -261,8 +262,9 @@ def swiglu(gate, up, out=None):
     return y
 
 
-def swiglu_backward(dy, gate, up):
-    dg, du = np.empty(gate.shape, gate.dtype), np.empty(gate.shape, gate.dtype)
+def swiglu_backward(dy, gate, up, out=None):
+    dg, du = _outs(out, 2)
+    dg, du = _result(dg, gate.shape, gate.dtype), _result(du, gate.shape, gate.dtype)
     n = gate.shape[-1] if gate.ndim else 1
     swiglu_backward_rows(dg.reshape(-1, n), du.reshape(-1, n), _rows(dy.reshape(-1, n)), _rows(gate.reshape(-1, n)),
                          _rows(up.reshape(-1, n)), _config.simd_level(), _config.get_num_threads())

@@ -64,8 +64,8 @@ class GPT(_hooks.HookedModel, Module):
         The forward keeps what the backward needs (a Tape) in work buffers that the next call with
         the same (B, T) reuses; each layer's backward is its ``backward`` method, writing into
         reused buffers too: after the first call a step allocates no large array (the logits'
-        gradient replaces the logits in place). GPT only (pre-LN, causal self-attention), no
-        dropout. One call at a time per model (the buffers are the model's). The returned
+        gradient replaces the logits in place). GPT and Llama (pre-norm, causal self-attention; an
+        untied LM head's gradient is ``lm_head.weight``'s), no dropout. One call at a time per model (the buffers are the model's). The returned
         gradients are the model's gradient buffers: the next call overwrites them (copy what you
         keep), as the optimizer step that follows them does not need.
         """
@@ -80,22 +80,29 @@ class GPT(_hooks.HookedModel, Module):
         tape.grads.clear()
         blocks = [tape.child(f"h.{i}", work=f"h.{i % 2}") for i in range(len(self.h))]  # backward: 2 sets by parity
 
+        positions = tape.get("positions")  # 0..T-1: the rotary positions (Llama; GPT's blocks ignore them)
+        if positions is None or positions.shape != (T,):
+            positions = tape["positions"] = xp.arange(T)
+        head = self._head()  # (C, V): wte.T when tied
+        tied = getattr(self, "lm_head", None) is None
+
         # forward: the residual stream of each layer lives in its own buffer, kept for the backward
         x = self.embeddings.forward_train(ids, tape.child("embeddings"))  # (B, T, C)
         for i, block in enumerate(self.h):
-            x = block.forward_train(x, blocks[i], out=tape.buf(f"h.{i}.out", x.shape))
-        h = self.ln_f(x, out=tape.buf("ln_f.y", x.shape), tape=tape.child("ln_f"))
-        logits = qkv.linear(h, wte.T, out=tape.buf("logits", (B, T, self.config.vocab_size)))  # tied head
+            x = block.forward_train(x, blocks[i], out=tape.buf(f"h.{i}.out", x.shape), positions=positions)
+        h = self.ln_f.forward_train(x, tape.child("ln_f"), out=tape.buf("ln_f.y", x.shape))
+        logits = qkv.linear(h, head, out=tape.buf("logits", (B, T, self.config.vocab_size)))
         loss, dlogits = qkv.cross_entropy(logits, targets, -1, return_grad=True, out=logits)  # in place
 
         # backward, in reverse
         emb = tape.child("embeddings")
         dh = tape.work("dh", h.shape)
-        qkv.linear_backward(dlogits, h, wte.T, out=(dh, emb.grad("wte", wte).T, None))  # the head's share of wte
+        dhead = emb.grad("wte", wte).T if tied else tape.child("lm_head").grad("weight", head)  # tied: wte's share
+        qkv.linear_backward(dlogits, h, head, out=(dh, dhead, None))
         dx = self.ln_f.backward(dh, tape.child("ln_f"))
         for i in reversed(range(len(self.h))):
             dx = self.h[i].backward(dx, blocks[i])
-        self.embeddings.backward(dx, emb, tied=True)  # adds the token rows to the head's share
+        self.embeddings.backward(dx, emb, tied=tied)  # tied: adds the token rows to the head's share
         grads = {name: tape.grads[name] for name in tape.names}
         tape.grads.clear()
         return float(loss), grads

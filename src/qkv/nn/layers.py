@@ -15,8 +15,9 @@ every argument is the model's own); None means the public qkv ops, checked at ev
 Training: a layer called with a ``tape`` (qkv.nn.module.Tape) keeps what its backward needs (its
 inputs, the attention's output and log-sum-exp, the layer norms' mean and rstd, the MLP's
 pre-activation) in work buffers reused from step to step; ``layer.backward(dout, tape)`` returns
-the gradient of its input and records its parameters' gradients in the tape. GPT (pre-LN,
-self-attention, no mask) is what this covers; there is no dropout.
+the gradient of its input and records its parameters' gradients in the tape. GPT and Llama
+(pre-norm causal self-attention, no mask; LayerNorm or RMSNorm, GELU or SwiGLU, grouped-query
+heads and rotary positions) are what this covers; there is no dropout.
 """
 
 import numpy as np
@@ -88,6 +89,9 @@ class LayerNorm(Module):
                                 out=(dx, tape.grad("weight", self.weight), tape.grad("bias", self.bias)))
         return dx
 
+    def forward_train(self, x, tape, out=None):
+        return self(x, out=out, tape=tape)
+
 
 class RMSNorm(Module):
     """x / sqrt(mean(x^2) + eps) * weight over the last axis: Llama's norm (no centring, no bias)."""
@@ -98,6 +102,19 @@ class RMSNorm(Module):
 
     def __call__(self, x, out=None, ops=None):
         return (ops or PUBLIC_OPS).rms_norm(x, self.weight, self.eps, out)
+
+    def forward_train(self, x, tape, out=None):
+        """x (..., C) -> out, keeping x and its rstd (x.shape[:-1]) for the backward."""
+        y, tape["rstd"] = qkv.rms_norm(x, self.weight, self.eps, out=out, return_stats=True)
+        tape["x"] = x
+        return y
+
+    def backward(self, dy, tape):
+        """dy (..., C) -> dx (..., C), a work buffer; d weight goes to the tape's."""
+        dx = tape.work("dx", dy.shape)
+        qkv.rms_norm_backward(dy, tape["x"], self.weight, tape["rstd"], eps=self.eps,
+                              out=(dx, tape.grad("weight", self.weight)))
+        return dx
 
 
 class Embedding(Module):
@@ -136,10 +153,7 @@ class Embedding(Module):
         return x
 
     def backward(self, dx, tape, tied=False):
-        """dx (B, L, C): d wte (a deterministic scatter-add over the ids) and d wpe into the tape's
-        gradient buffers. tied=True: d wte already holds the tied LM head's gradient; the token
-        rows are added to it, through a (V, C) buffer when V <= B L, else through a (rows seen, C)
-        one (GPT-2's V = 50257 would need a second (V, C) array)."""
+        """dx (B, L, C): d wte and d wpe into the tape's gradient buffers (token_rows_backward)."""
         ids = tape["ids"]
         B, L = ids.shape
         xp = namespace(dx)
@@ -147,22 +161,32 @@ class Embedding(Module):
         if pos is None or pos.shape != ids.shape:
             pos = tape["pos"] = xp.ascontiguousarray(xp.broadcast_to(xp.arange(L, dtype=ids.dtype), (B, L)))
         qkv.embedding_backward(dx, pos, self.wpe.shape[0], out=tape.grad("wpe", self.wpe))
-        if not tied:
-            qkv.embedding_backward(dx, ids, self.wte.shape[0], out=tape.grad("wte", self.wte))
-            return
-        dwte = tape.grad("wte", self.wte)
-        V, C = self.wte.shape
-        if V <= B * L:
-            rows = qkv.embedding_backward(dx, ids, V, out=tape.work("wte_rows", (V, C)))
-            dwte += rows
-            return
-        seen, where = xp.unique(ids, return_inverse=True)  # ids = seen[where]
-        n = seen.shape[0]
-        rows = tape.work("wte_rows", (min(B * L, self.wte.shape[0]), C))[:n]
-        qkv.embedding_backward(dx, where.reshape(ids.shape), n, out=rows)  # the rows of seen, summed in order
-        head = _gather(dwte, seen, tape.work("wte_head", rows.shape)[:n])
-        head += rows
-        dwte[seen] = head
+        token_rows_backward(self.wte, dx, ids, tape, tied)
+
+
+def token_rows_backward(wte, dx, ids, tape, tied):
+    """d wte (V, C) of a token lookup wte[ids], dx (B, L, C): a deterministic scatter-add over the
+    ids into the tape's gradient buffer "wte". tied=True: d wte already holds the tied LM head's
+    gradient; the token rows are added to it, through a (V, C) buffer when V <= B L, else through a
+    (rows seen, C) one (GPT-2's V = 50257 would need a second (V, C) array)."""
+    B, L = ids.shape
+    xp = namespace(dx)
+    if not tied:
+        qkv.embedding_backward(dx, ids, wte.shape[0], out=tape.grad("wte", wte))
+        return
+    dwte = tape.grad("wte", wte)
+    V, C = wte.shape
+    if V <= B * L:
+        rows = qkv.embedding_backward(dx, ids, V, out=tape.work("wte_rows", (V, C)))
+        dwte += rows
+        return
+    seen, where = xp.unique(ids, return_inverse=True)  # ids = seen[where]
+    n = seen.shape[0]
+    rows = tape.work("wte_rows", (min(B * L, V), C))[:n]
+    qkv.embedding_backward(dx, where.reshape(ids.shape), n, out=rows)  # the rows of seen, summed in order
+    head = _gather(dwte, seen, tape.work("wte_head", rows.shape)[:n])
+    head += rows
+    dwte[seen] = head
 
 
 class AttentionHead:
@@ -328,33 +352,51 @@ class MultiHeadAttention(Module):
         y = self.c_proj(y, out=out, ops=ops)  # the heads' Wv_up, stapled: (B, L, C) @ (C, C)
         return (y, weights) if return_weights else y
 
-    def forward_train(self, x, tape, out=None):
-        """Self-attention of x (B, L, C) keeping q, k, v, the output and its log-sum-exp."""
+    def forward_train(self, x, tape, out=None, positions=None):
+        """Self-attention of x (B, L, C) keeping q, k, v (q and k after the rotary positions), the
+        output and its log-sum-exp. positions: rope's (L,) or (B, L), default 0..L-1."""
         if self.cross:
             raise ValueError("training covers self-attention only")
         B, L, C = x.shape
-        H, d = self.n_head, self.head_dim
-        qkv_rows = self.c_attn(x, out=tape.buf("qkv", (B, L, 3 * C)), tape=tape.child("c_attn"))
-        q, k, v = self._split(qkv_rows, 3)  # (B, H, L, d) views
+        H, Hkv, d = self.n_head, self.n_kv_head, self.head_dim
+        rows = self.c_attn(x, out=tape.buf("qkv", (B, L, (H + 2 * Hkv) * d)), tape=tape.child("c_attn"))
+        t = rows.reshape(B, L, H + 2 * Hkv, d)
+        q, k, v = t[:, :, :H], t[:, :, H:H + Hkv], t[:, :, H + Hkv:]  # (B, L, heads, d) views
+        if self.rope is not None:  # in place: c_attn's backward needs its input, not these rows
+            if positions is None:
+                positions = namespace(x).arange(L)
+            theta, scaling = self.rope["theta"], self.rope["scaling"]
+            qkv.rope(q, positions, theta=theta, scaling=scaling, out=q)
+            qkv.rope(k, positions, theta=theta, scaling=scaling, out=k)
+            tape["positions"] = positions
+        q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # q (B, H, L, d), k and v (B, Hkv, L, d)
         att, lse = qkv.attention(q, k, v, causal=self.causal, return_lse=True, out=tape.buf("att", (B, H, L, d)))
         tape["q"], tape["k"], tape["v"], tape["att"], tape["lse"] = q, k, v, att, lse
-        y = tape.buf("att_rows", (B, L, C))
+        y = tape.buf("att_rows", (B, L, H * d))
         namespace(y).copyto(y.reshape(B, L, H, d), att.transpose(0, 2, 1, 3))
         return self.c_proj(y, out=out, tape=tape.child("c_proj"))
 
     def backward(self, dy, tape):
-        """dy (B, L, C) -> dx (B, L, C), through c_proj, attention (FlashAttention-2 backward), c_attn."""
+        """dy (B, L, C) -> dx (B, L, C), through c_proj, attention (FlashAttention-2 backward; dk and
+        dv summed over each group of query heads), the rotary positions' transpose, c_attn."""
         B, L, C = dy.shape
-        H, d = self.n_head, self.head_dim
-        dy_rows = self.c_proj.backward(dy, tape.child("c_proj"))  # (B, L, C)
+        H, Hkv, d = self.n_head, self.n_kv_head, self.head_dim
+        dy_rows = self.c_proj.backward(dy, tape.child("c_proj"))  # (B, L, H d)
         xp = namespace(dy_rows)
         datt = tape.work("datt", (B, H, L, d))  # the kernel reads dout contiguous
         xp.copyto(datt, dy_rows.reshape(B, L, H, d).transpose(0, 2, 1, 3))
-        dqkv_heads = tape.work("dqkv_heads", (3, B, H, L, d))  # dq, dk, dv
+        grads = (tape.work("dq", (B, H, L, d)), tape.work("dk", (B, Hkv, L, d)), tape.work("dv", (B, Hkv, L, d)))
         qkv.attention_backward(datt, tape["q"], tape["k"], tape["v"], tape["att"], tape["lse"], causal=self.causal,
-                               grads_out=tuple(dqkv_heads))
-        dqkv = tape.work("dqkv", (B, L, 3 * C))
-        xp.copyto(dqkv.reshape(B, L, 3, H, d), dqkv_heads.transpose(1, 3, 0, 2, 4))
+                               grads_out=grads)
+        dqkv = tape.work("dqkv", (B, L, (H + 2 * Hkv) * d))
+        t = dqkv.reshape(B, L, H + 2 * Hkv, d)
+        parts = t[:, :, :H], t[:, :, H:H + Hkv], t[:, :, H + Hkv:]  # (B, L, heads, d) views
+        for part, g in zip(parts, grads):
+            xp.copyto(part, g.transpose(0, 2, 1, 3))
+        if self.rope is not None:
+            theta, scaling = self.rope["theta"], self.rope["scaling"]
+            for part in parts[:2]:  # dq, dk rotated back by the same angles
+                qkv.rope_backward(part, tape["positions"], theta=theta, scaling=scaling, out=part)
         return self.c_attn.backward(dqkv, tape.child("c_attn"))
 
 
@@ -375,12 +417,34 @@ class MLP(Module):
         return self.c_proj(h, out=out, ops=ops)
 
     def forward_train(self, x, tape, out=None):
-        h = self.c_fc(x, self.activation, out=tape.buf("h", x.shape[:-1] + self.c_fc.weight.shape[1:]),
-                      tape=tape.child("c_fc"))
+        """x (B, L, C) -> out (B, L, C). SwiGLU: c_fc without activation into a shared (B, L, 2 n_inner)
+        buffer, its gate and up halves kept in contiguous buffers (the kernels' backward reads them
+        whole), then silu(gate) * up."""
+        if self.activation != "swiglu":
+            h = self.c_fc(x, self.activation, out=tape.buf("h", x.shape[:-1] + self.c_fc.weight.shape[1:]),
+                          tape=tape.child("c_fc"))
+            return self.c_proj(h, out=out, tape=tape.child("c_proj"))
+        n = self.c_proj.weight.shape[0]
+        pre = self.c_fc(x, out=tape.scratch("swiglu_pre", x.shape[:-1] + (2 * n,)), tape=tape.child("c_fc"))
+        xp = namespace(pre)
+        gate, up = tape.buf("gate", x.shape[:-1] + (n,)), tape.buf("up", x.shape[:-1] + (n,))
+        xp.copyto(gate, pre[..., :n])
+        xp.copyto(up, pre[..., n:])
+        tape["gate"], tape["up"] = gate, up
+        h = qkv.swiglu(gate, up, out=tape.buf("h", gate.shape))
         return self.c_proj(h, out=out, tape=tape.child("c_proj"))
 
     def backward(self, dy, tape):
-        return self.c_fc.backward(self.c_proj.backward(dy, tape.child("c_proj")), tape.child("c_fc"))
+        dh = self.c_proj.backward(dy, tape.child("c_proj"))  # (B, L, n_inner)
+        if self.activation == "swiglu":
+            gate, up, n = tape["gate"], tape["up"], dh.shape[-1]
+            dgate, dup = qkv.swiglu_backward(dh, gate, up, out=(tape.work("dgate", dh.shape), tape.work("dup", dh.shape)))
+            dpre = tape.work("dpre", dh.shape[:-1] + (2 * n,))  # d [gate | up]
+            xp = namespace(dpre)
+            xp.copyto(dpre[..., :n], dgate)
+            xp.copyto(dpre[..., n:], dup)
+            dh = dpre
+        return self.c_fc.backward(dh, tape.child("c_fc"))
 
 
 class Block(Module):
@@ -440,18 +504,18 @@ class Block(Module):
             x = self.ln_2(m, out=None if scratch is None else h, ops=ops)
         return (x, w) if return_weights else x
 
-    def forward_train(self, x, tape, out):
-        """Pre-LN block for training: x (B, L, C) -> out (B, L, C), a separate buffer (x is kept for
-        the backward)."""
+    def forward_train(self, x, tape, out, positions=None):
+        """Pre-norm block for training (GPT-2, Llama): x (B, L, C) -> out (B, L, C), a separate buffer
+        (x is kept for the backward). positions: rope's, default 0..L-1."""
         if not self.pre_ln:
-            raise ValueError("training covers pre-LN blocks (GPT-2) only")
+            raise ValueError("training covers pre-LN blocks (GPT-2, Llama) only")
         xp = namespace(x)
-        a = self.attn.forward_train(self.ln_1(x, out=tape.buf("ln_1", x.shape), tape=tape.child("ln_1")),
-                                    tape.child("attn"), out=tape.scratch("proj", x.shape))
+        a = self.attn.forward_train(self.ln_1.forward_train(x, tape.child("ln_1"), out=tape.buf("ln_1", x.shape)),
+                                    tape.child("attn"), out=tape.scratch("proj", x.shape), positions=positions)
         if self.mlp is None:  # attention only
             return xp.add(x, a, out=out)
         x_mid = xp.add(x, a, out=tape.buf("x_mid", x.shape))  # the residual stream after attention
-        m = self.mlp.forward_train(self.ln_2(x_mid, out=tape.buf("ln_2", x.shape), tape=tape.child("ln_2")),
+        m = self.mlp.forward_train(self.ln_2.forward_train(x_mid, tape.child("ln_2"), out=tape.buf("ln_2", x.shape)),
                                    tape.child("mlp"), out=tape.scratch("proj", x.shape))
         return xp.add(x_mid, m, out=out)
 

@@ -11,8 +11,9 @@ same pieces as GPT (qkv.nn.layers). Four things differ from GPT-2, each an optio
   (qkv.linear(..., activation="swiglu")), then c_proj (n_inner, C).
 
 Llama subclasses GPT for what does not depend on the layout: generate / generate_stream (the
-prompts, left padding, sampling and eos handling, one decode loop) and __call__. It overrides the
-forward, the cache and loading. Parameter names follow GPT's (h.{i}.attn.c_attn, ...); the LM head
+prompts, left padding, sampling and eos handling, one decode loop), __call__ and value_and_grad
+(training: each layer's forward_train / backward in qkv.nn.layers). It overrides the forward, the
+cache and loading. Parameter names follow GPT's (h.{i}.attn.c_attn, ...); the LM head
 is the token embedding matrix when the checkpoint ties them, else lm_head (C, V).
 
 Hook points (run_with_cache, run_with_hooks, hooks(); qkv.nn.hooks) carry TransformerLens's names
@@ -40,7 +41,7 @@ from qkv.nn import hooks as _hooks
 from qkv.nn.config import LlamaConfig
 from qkv.nn.gpt import GPT
 from qkv.nn.kv_cache import KVCache
-from qkv.nn.layers import Block, Linear, RMSNorm
+from qkv.nn.layers import Block, Linear, RMSNorm, _gather, token_rows_backward
 from qkv.nn.module import Module, namespace
 
 
@@ -52,6 +53,17 @@ class TokenEmbedding(Module):
 
     def __call__(self, ids):
         return self.wte[ids]  # (B, L, C), a fresh array
+
+    def forward_train(self, ids, tape):
+        """wte[ids] into a tape buffer (B, L, C)."""
+        x = tape.buf("x", ids.shape + self.wte.shape[1:])
+        _gather(self.wte, ids, x)
+        tape["ids"] = ids
+        return x
+
+    def backward(self, dx, tape, tied=False):
+        """dx (B, L, C) -> d wte in the tape's gradient buffer (added to the tied head's share)."""
+        token_rows_backward(self.wte, dx, tape["ids"], tape, tied)
 
 
 class Llama(GPT):
@@ -80,7 +92,16 @@ class Llama(GPT):
         return load_llama(cls, path, dtype)
 
     def value_and_grad(self, ids, targets):
-        raise NotImplementedError("value_and_grad: training covers GPT; Llama runs inference only")
+        """GPT.value_and_grad for this layout: the mean cross-entropy over the targets that are not -1
+        and the gradient of every parameter (the tied head's in ``embeddings.wte``, an untied one in
+        ``lm_head.weight``), through each layer's backward in qkv.nn.layers (RMSNorm, rotary
+        positions, grouped-query attention, SwiGLU), in work buffers reused from step to step."""
+        window = self.config.sliding_window
+        T = np.shape(ids)[-1] if np.ndim(ids) else 0
+        if window is not None and T > window:
+            raise ValueError(f"value_and_grad: {T} tokens per row exceed the attention window of {window} "
+                             "(sliding-window attention is not implemented)")
+        return super().value_and_grad(ids, targets)
 
     def _forward(self, ids, cache, last_only, return_attention, scratch, logits_out=None, mask=None,
                  position_ids=None):
