@@ -7,8 +7,8 @@ against the validated-once path (qkv._ops.forward_kernels), side by side in one 
 Random weights (GPT-2 small: GPT(GPTConfig()).init_weights(0); SmolLM-135M's shape as
 benchmarks/llama_cpu.py builds it), a 32-token prompt. A token's time is (generate 33 - generate 1)
 / 32 in process CPU time (robust to other processes on a shared machine; pin one thread). The
-linear kernels' share is the process CPU time inside them (qkv._cpu._linear.linear_rows and the
-quantized kernels, timed per call); "other" is the rest: Python, the small kernels (norms, rope,
+linear kernels' share is the process CPU time inside them (linear_rows, as qkv._cpu and
+qkv._cpu.trusted call it, and the quantized kernels, timed per call); "other" is the rest: Python, the small kernels (norms, rope,
 attention), and the cache refills after each weight stream. "checked" runs every op of the forward
 through qkv.<op> (what the layers did before forward_kernels), "fast" the default path. Rounds
 alternate the two; medians.
@@ -43,9 +43,10 @@ def _timed(kernel):
 
 def instrument():
     """Time every call of the linear kernels, wherever qkv calls them from."""
-    rows = _timed(qkv._cpu._linear.linear_rows)
-    for mod in (qkv._cpu, qkv._cpu.trusted):
-        mod.linear_rows = rows
+    qkv._cpu.linear_rows = _timed(qkv._cpu._linear.linear_rows)  # the checked path's
+    for kernels in qkv._cpu.trusted._BY_DTYPE.values():  # the fast path's (dtype specialisations)
+        kernels["linear_rows"] = _timed(kernels["linear_rows"])
+    qkv._cpu.trusted._cache.clear()
     for name in ("qlinear_q8_rows", "qlinear_bf16_rows"):  # qkv.quant imports them at each call
         setattr(qkv._cpu._quant, name, _timed(getattr(qkv._cpu._quant, name)))
 

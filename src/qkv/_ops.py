@@ -861,8 +861,8 @@ def swiglu_backward(dy, gate, up, *, out=None):
 # on one device. Checking them again at every call cost as much as the GEMVs of a small model
 # (GPT-2 small: ~90 calls per token at ~30 us each). forward_kernels(x) checks once per forward pass
 # what can change from one pass to the next (the backend in force for x's device, x's dtype) and
-# returns what the layers call: on the ``cpu`` backend qkv._cpu.trusted (the C kernels the public ops
-# reach, with the same arguments, without the checks), on any other backend the public ops. Each
+# returns what the layers call: on the ``cpu`` backend qkv._cpu.trusted.Kernels (the C kernels the
+# public ops reach, with the same arguments, without the checks), on any other backend the public ops. Each
 # offers linear(x, weight, bias, activation, out), layer_norm(x, weight, bias, eps, out),
 # rms_norm(x, weight, eps, out), rope(x, positions, theta, scaling, out) and
 # attention(q, k, v, causal, mask, out) (scale 1/sqrt(D)). Nothing but qkv.nn's layers calls them.
@@ -897,11 +897,11 @@ PUBLIC_OPS = _PublicOps()
 
 def forward_kernels(x):
     """The ops a qkv.nn model's inference forward calls on arrays it built itself, for its
-    residual stream x: qkv._cpu.trusted on the ``cpu`` backend (checked here, once), else PUBLIC_OPS."""
+    residual stream x: qkv._cpu.trusted.Kernels on the ``cpu`` backend (checked here, once), else PUBLIC_OPS."""
     be = _backend.select("forward", {"x": x})
     if be.NAME != "cpu":
         return PUBLIC_OPS
     _check_float("forward", "x", x, be)
     from qkv._cpu import trusted
 
-    return trusted
+    return trusted.kernels(x.dtype)
