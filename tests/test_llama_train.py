@@ -1,0 +1,208 @@
+"""Llama training: value_and_grad (RMSNorm, rotary positions with Llama 3's scaling, grouped-query
+attention, SwiGLU; tied and untied LM head) against central finite differences of the float64
+forward, against torch's loss and gradients in the committed fixture (llama_train.npz, written by
+tests/fixtures/make_llama_fixtures.py), numpy against cpu, AdamW steps, the buffers reused from step
+to step, and the errors of GPT's value_and_grad."""
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_grads_fd
+from test_train import backends, cpu_attention_backward_reason
+
+import qkv
+from qkv.nn import Llama
+from qkv.nn.config import LlamaConfig
+from qkv.optim import AdamW, clip_grad_norm
+
+FIXTURE = Path(__file__).parent / "fixtures" / "llama_train.npz"
+LLAMA3 = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 2.0,
+          "original_max_position_embeddings": 8}
+
+
+def _tiny(tied, seed=0, dtype=np.float64, **kw):
+    """4 query / 2 KV heads of 4, llama3 rope scaling (all three frequency bands at head dim 4 and
+    original_max_position_embeddings 8), weights large enough that every path carries signal."""
+    cfg = LlamaConfig(**{**dict(vocab_size=13, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=16,
+                                n_inner=24, rope_scaling=LLAMA3, tie_word_embeddings=tied), **kw})
+    model = Llama(cfg, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    for name, p in model.named_parameters():
+        gain = name.endswith(("ln_1.weight", "ln_2.weight")) or name == "ln_f.weight"
+        p[...] = 1 + 0.3 * rng.normal(size=p.shape) if gain else rng.normal(0, 0.5, p.shape)
+    return model
+
+
+def _batch(seed=5, V=13, shape=(2, 7)):
+    rng = np.random.default_rng(seed)
+    ids, targets = rng.integers(0, V, shape), rng.integers(0, V, shape)
+    targets[1, 2] = -1
+    return ids, targets
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_value_and_grad_by_finite_differences(tied):
+    """Central differences of the float64 forward (numpy backend) at a sample of every parameter."""
+    model = _tiny(tied)
+    ids, targets = _batch()
+    with qkv.use_backend("numpy"):
+        loss, grads = model.value_and_grad(ids, targets)
+        assert loss == pytest.approx(float(qkv.cross_entropy(model(ids), targets)), rel=1e-12)
+        assert list(grads) == [n for n, _ in model.named_parameters()]
+        assert ("lm_head.weight" in grads) is not tied
+        assert_grads_fd(model, ids, targets, grads)
+
+
+def test_value_and_grad_with_biases_by_finite_differences():
+    """Qwen2's q/k/v biases and Llama's attention_bias / mlp_bias, 4 query heads sharing 1 K/V head."""
+    model = _tiny(False, seed=1, n_kv_head=1, qkv_bias=True, proj_bias=True, mlp_bias=True, rope_scaling=None,
+                  rope_theta=1e6)
+    ids, targets = _batch(6)
+    with qkv.use_backend("numpy"):
+        _, grads = model.value_and_grad(ids, targets)
+        assert {"h.0.attn.c_attn.bias", "h.1.attn.c_proj.bias", "h.0.mlp.c_fc.bias"} <= set(grads)
+        assert_grads_fd(model, ids, targets, grads)
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    f = np.load(FIXTURE)
+    cfg = LlamaConfig(**json.loads(str(f["config"])))
+    model = Llama(cfg)
+    for name, p in model.named_parameters():
+        p[...] = f["param." + name]
+    return f, model
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_loss_and_every_gradient_match_torch(fixture, backend):
+    """float32 against transformers' LlamaForCausalLM (GQA, llama3 rope scaling, untied head)."""
+    f, model = fixture
+    with qkv.use_backend(backend):
+        loss, grads = model.value_and_grad(f["ids"], f["targets"])
+    assert loss == pytest.approx(float(f["loss"]), rel=1e-5)
+    assert list(grads) == [n for n, _ in model.named_parameters()]
+    for name, g in grads.items():
+        ref = f["grad." + name]
+        assert g.shape == ref.shape and g.dtype == np.float32, name
+        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_float64_matches_reference_backend(tied, backend):
+    model = _tiny(tied)
+    ids = np.arange(24).reshape(2, 12) % 13
+    with qkv.use_backend("numpy"):
+        want_loss, want = model.value_and_grad(ids, ids[:, ::-1])
+        want = {k: g.copy() for k, g in want.items()}
+    with qkv.use_backend(backend):
+        loss, got = model.value_and_grad(ids, ids[:, ::-1])
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_adamw_steps_lower_the_loss(backend):
+    model = _tiny(False, dtype=np.float32)
+    opt = AdamW(model.named_parameters(), lr=1e-2)
+    ids, targets = _batch(7, shape=(4, 12))
+    losses = []
+    with qkv.use_backend(backend):
+        for _ in range(8):
+            loss, grads = model.value_and_grad(ids, targets)
+            clip_grad_norm(grads, 1.0)
+            opt.step(grads)
+            losses.append(loss)
+    assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses
+
+
+def test_work_buffers_are_reused_and_inputs_unchanged():
+    model = _tiny(True)
+    ids, targets = _batch()
+    before = {n: p.copy() for n, p in model.named_parameters()}
+    with qkv.use_backend("numpy"):
+        l1, g1 = model.value_and_grad(ids, targets)
+        g1 = {k: g.copy() for k, g in g1.items()}  # the next call overwrites the gradient buffers
+        bufs = {k: id(v) for k, v in model._tape.scratch._bufs.items()}
+        l2, g2 = model.value_and_grad(ids, targets)
+    assert bufs and {k: id(v) for k, v in model._tape.scratch._bufs.items()} == bufs
+    assert l1 == l2 and all(np.array_equal(g1[k], g2[k]) for k in g1)
+    assert all(np.array_equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_a_training_step_after_the_first_allocates_no_large_array():
+    """value_and_grad + clip_grad_norm + AdamW.step on the cpu backend (GQA, rope, SwiGLU, untied
+    head): after a warm-up step the peak of everything NumPy allocates during a step stays under half
+    of one (B, T, C) activation, where a step that allocated would reach megabytes."""
+    reason = cpu_attention_backward_reason()
+    if reason:
+        pytest.skip(reason)
+    B, T, C = 2, 32, 256
+    cfg = LlamaConfig(vocab_size=512, block_size=T, n_layer=2, n_head=8, n_kv_head=2, n_embd=C, n_inner=512,
+                      rope_scaling={**LLAMA3, "original_max_position_embeddings": 16}, tie_word_embeddings=False)
+    model = Llama(cfg).init_weights(0)
+    opt = AdamW(model.named_parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    ids, targets = rng.integers(0, 512, (B, T)), rng.integers(0, 512, (B, T))
+
+    def step():
+        loss, grads = model.value_and_grad(ids, targets)
+        clip_grad_norm(grads, 1.0)
+        opt.step(grads)
+        return loss
+
+    with qkv.use_backend("cpu"):
+        first = step()
+        tracemalloc.start()
+        try:
+            second = step()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert second < first  # it learns
+    assert peak < B * T * C * 4 // 2, f"a step allocated {peak} bytes at its peak"
+
+
+def test_value_and_grad_errors():
+    model = _tiny(True)
+    ok = np.zeros((2, 4), np.int64)
+    with pytest.raises(ValueError, match="same shape"):
+        model.value_and_grad(ok, ok[:, :3])
+    with pytest.raises(ValueError, match="integer"):
+        model.value_and_grad(ok.astype(np.float32), ok)
+    with pytest.raises(ValueError, match="context of 16"):
+        model.value_and_grad(np.zeros((1, 17), np.int64), np.zeros((1, 17), np.int64))
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 13\)"):
+        model.value_and_grad(ok + 13, ok)
+    with pytest.raises(ValueError, match="targets must lie"):
+        model.value_and_grad(ok, ok - 2)
+    with pytest.raises(ValueError, match="empty"):
+        model.value_and_grad(ok[:, :0], ok[:, :0])
+    window = _tiny(True, sliding_window=4)
+    with pytest.raises(ValueError, match="attention window of 4"):
+        window.value_and_grad(np.zeros((1, 5), np.int64), np.zeros((1, 5), np.int64))
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_follows_the_cpu(fixture):
+    """model.to("cuda") trains through the same layers on the CUDA kernels: loss and gradients of the
+    fixture's batch against the cpu backend's."""
+    cp = pytest.importorskip("cupy")
+    f, model = fixture
+    with qkv.use_backend("cpu"):
+        loss_c, g_c = model.value_and_grad(f["ids"], f["targets"])
+        g_c = {k: g.copy() for k, g in g_c.items()}
+    gpu = Llama(model.config)
+    for (_, p), (_, q) in zip(model.named_parameters(), gpu.named_parameters()):
+        q[...] = p
+    gpu = gpu.to("cuda")
+    loss_g, g_g = gpu.value_and_grad(f["ids"], f["targets"])
+    assert loss_g == pytest.approx(loss_c, rel=1e-4)
+    for name, g in g_c.items():
+        assert isinstance(g_g[name], cp.ndarray)
+        np.testing.assert_allclose(cp.asnumpy(g_g[name]), g, rtol=1e-3, atol=1e-3 * np.abs(g).max(), err_msg=name)
