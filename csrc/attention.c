@@ -308,33 +308,10 @@ static inline __m512 vexp2__avx512(__m512 x) {
                                                                                   14, 15)),              \
                                                _mm512_set1_epi32((int)((t) < 4096 ? (t) : 4096))),       \
                        _mm512_set1_ps(qkv_neg_inf_f()))
-#include "attention_tiled.inc"
 #define RKB 4  // backward dK/dV microkernel: RKB keys x NCB vectors of columns
 #define NCB 4
 #define BWD_NS (BWD_QB >= 64 ? BWD_QB / 64 : 1)  // sub-blocks of 64 queries per backward step
-#include "attention_backward_tiled.inc"
-#undef RKB
-#undef NCB
-#undef BWD_NS
-#undef ISA
-#undef VF
-#undef W
-#undef NV
-#undef RK
-#undef RD
-#undef VLOAD
-#undef VSTORE
-#undef VSET1
-#undef VFMA
-#undef VMUL
-#undef VADD
-#undef VSUB
-#undef VMAX
-#undef VZERO
-#undef VSEL_EQ
-#undef VHSUM
-#undef ZERO_BYTES
-#undef VHIDE_BELOW
+#include "attention_isa.inc"
 QKV_END_TARGET
 
 QKV_BEGIN_AVX2
@@ -403,7 +380,6 @@ static inline __m256 vexp2__avx2(__m256 x) {
                          _mm256_set1_epi32((int)((t) < 4096 ? (t) : 4096)),                              \
                          _mm256_add_epi32(_mm256_set1_epi32((int)(base)),                                \
                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))))
-#include "attention_tiled.inc"
 #ifndef RKB2
 #define RKB2 4
 #endif
@@ -413,29 +389,7 @@ static inline __m256 vexp2__avx2(__m256 x) {
 #define RKB RKB2  // backward dK/dV microkernel: RKB keys x NCB vectors of columns
 #define NCB NCB2
 #define BWD_NS (BWD_QB / 16)  // sub-blocks of 16 queries per backward step
-#include "attention_backward_tiled.inc"
-#undef RKB
-#undef NCB
-#undef BWD_NS
-#undef ISA
-#undef VF
-#undef W
-#undef NV
-#undef RK
-#undef RD
-#undef VLOAD
-#undef VSTORE
-#undef VSET1
-#undef VFMA
-#undef VMUL
-#undef VADD
-#undef VSUB
-#undef VMAX
-#undef VZERO
-#undef VSEL_EQ
-#undef VHSUM
-#undef ZERO_BYTES
-#undef VHIDE_BELOW
+#include "attention_isa.inc"
 QKV_END_TARGET
 #endif  // x86
 
