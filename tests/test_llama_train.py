@@ -67,6 +67,34 @@ def test_value_and_grad_with_biases_by_finite_differences():
         assert_grads_fd(model, ids, targets, grads)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_backward_ops_write_into_out(backend):
+    """rms_norm_backward, swiglu_backward and rope_backward (what the training step calls) write into
+    the destinations given, the same values as without them; rope_backward's out=dy rotates in place."""
+    rng = np.random.default_rng(0)
+    x, dy, w = rng.normal(size=(2, 3, 8)), rng.normal(size=(2, 3, 8)), rng.normal(size=8)
+    pos = np.array([0, 5, 9])
+    with qkv.use_backend(backend):
+        want = qkv.rms_norm_backward(dy, x, w, eps=1e-5)
+        dest = (np.empty_like(x), np.empty_like(w))
+        got = qkv.rms_norm_backward(dy, x, w, eps=1e-5, out=dest)
+        assert got[0] is dest[0] and got[1] is dest[1]
+        want_s = qkv.swiglu_backward(dy, x, x[::-1].copy())
+        dest_s = (np.empty_like(x), np.empty_like(x))
+        got_s = qkv.swiglu_backward(dy, x, x[::-1].copy(), out=dest_s)
+        assert got_s[0] is dest_s[0] and got_s[1] is dest_s[1]
+        d4 = dy.reshape(2, 3, 2, 4)
+        want_r = qkv.rope_backward(d4, pos, theta=100.0, scaling=None)
+        inplace = d4.copy()
+        assert qkv.rope_backward(inplace, pos, theta=100.0, out=inplace) is inplace
+        with pytest.raises(ValueError, match="dx"):
+            qkv.rms_norm_backward(dy, x, w, out=(np.empty((2, 3, 7)), None))
+        with pytest.raises(ValueError, match="overlaps"):
+            qkv.swiglu_backward(dy, x, x, out=(dy, None))
+    for a, b in zip(want + want_s + (want_r,), got + got_s + (inplace,)):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.fixture(scope="module")
 def fixture():
     f = np.load(FIXTURE)
