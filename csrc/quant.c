@@ -11,8 +11,19 @@ qkv.QuantizedWeight (src/qkv/quant.py). Two formats, both stored as rows of W's 
 Decode (a few rows of x) is bound by reading W once: qkv_qlinear_* stream the weights, 4 output
 columns at a time per thread, with the threads splitting the output columns into contiguous ranges
 (schedule(static)); each output is one column's dot product in a fixed order, so any thread count
-gives the same bits. Software prefetch 1 KiB ahead on each of the 4 streams. The rows of x reuse
-the 4 weight rows from L1. bf16 avoids shuffles by de-interleaving x instead (quant.inc).
+gives the same bits. The 4 rows of a group are one contiguous region, so the software prefetch
+fetches the next group's region linearly at the rate the current one is read (one group ahead:
+6 KiB for bf16 at K = 768). The rows of x reuse the 4 weight rows from L1. bf16 avoids shuffles
+by de-interleaving x instead (quant.inc).
+
+Measured and not adopted (one thread of a 2-core AVX2 Zen 3, against an AVX2 read loop over 256 MiB
+in the same rounds; bf16 at 70-75% of it, int8 at 75-85%, on a loaded machine): no software
+prefetch, prefetching two groups ahead, the NTA/T1 hints, one column at a time as a single stream
+prefetched 1-4 KiB ahead, and 2 or 8 columns a pass were all within the noise of this kernel or
+slower; weights on 2 MiB pages made no visible difference in decode. int8 from cache is bound by
+vcvtdq2ps (one a cycle on Zen 3: about 22 GB/s from L1, 16 GB/s from L2/L3 per core); the
+1.5 * 2^23 magic-number conversion (add, subtract) instead is slower (more operations), and a
+float32 copy of a chunk's scales or a single FMA chain per block made no difference.
 
 Batches and prefill (many rows) are bound by arithmetic: the caller (_quant.pyx) converts a panel of
 W's columns to float32 with qkv_dequant_* (it stays in cache) and multiplies with sgemm.
