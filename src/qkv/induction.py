@@ -33,6 +33,36 @@ the token two back did grow a previous-token head in layer 0, but layer 1 then a
 past the stripe and read the answer through it. Negative results kept here, as the training budget
 of a demo is what it is; text-trained models (Olsson et al.) get there after far more tokens.
 
+A second round, measured on one thread of a loaded core (4 heads, width 64, batch 64, learning
+rate 3e-3 constant after 50 warm-up steps, weight decay 0.01, unless said; scores on [BOS, r, r]
+with n = 10; 1500 steps take 40 to 60 s there), still without the two-head circuit:
+- rows [BOS, random prefix of random length, r, r, random suffix] (n and offset per row, n in 4..16,
+  context 40, so neither position nor offset predicts the stripe): 2000 steps on the plateau
+  (second-copy loss 3.5), layer-0 previous-token scores falling from 0.12 to 0.03. In a context of
+  24 (n in 3..10) layer 0 grew fixed-offset heads again (induction scores near 0.25, ensembles of
+  the offsets that the row lengths allow).
+- rows that repeat r until the context ends (period and offset per row): the second copy is learned
+  (loss 0.25 after 3000 steps at context 40 with the loss on the repeats only; 0.63 after 3000
+  steps at width 128, 200 s), but through positional heads that are neither kind: every induction
+  score <= 0.3, every previous-token score <= 0.3.
+- a quarter of the rows from a skip-bigram chain (t[i+1] = perm(t[i-1]) with probability 0.8),
+  which rewards a previous-token head directly: layer 0 grows one (score 0.6 to 0.99 within 250 to
+  750 steps), and with the repeating rows layer 1 learns to copy (loss 0.75 after 1500 steps), but
+  by matching the query's previous token against a layer-0 head three back at the key: it attends
+  one past the stripe (mean attention 0.75 there, induction score 0.01); with half the rows chains
+  the same head arrives abruptly between steps 750 and 1000 (second-copy loss 3.4 -> 1.4). The
+  chains plus rows of random tokens in which pairs (a, b) occur twice at random places, where only
+  matching the current token works: previous-token scores 0.4 to 0.8 in layer 0, no induction head
+  in 1000 to 1500 steps (second-copy loss 3.5 to 4.2). With perm the identity, with a separate
+  vocabulary for the chains, with one head per layer, with the chains only for the first 300 to 400
+  steps, or with width 128: no induction head in the 750 to 1500 steps we could afford
+  (previous-token scores collapse once the chains stop). Initialising Q and K at std 0.1 instead of
+  0.02 (1000 steps, no chains) changed nothing either.
+Our reading, partial: at width = vocabulary size the tied unembedding reads every direction of the
+residual stream, so a layer-0 head that copies the previous token also predicts it, which is wrong
+on random tokens, and the gradient pushes previous-token heads down unless the data pays for them;
+but width 128 did not grow them either in 3000 steps.
+
 Everything is seeded (the weights, every batch, the evaluation batch): the same settings give the
 same numbers on the same machine.
 """
