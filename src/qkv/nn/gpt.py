@@ -65,9 +65,10 @@ class GPT(_hooks.HookedModel, Module):
         the same (B, T) reuses; each layer's backward is its ``backward`` method, writing into
         reused buffers too: after the first call a step allocates no large array (the logits'
         gradient replaces the logits in place). GPT and Llama (pre-norm, causal self-attention; an
-        untied LM head's gradient is ``lm_head.weight``'s), no dropout. One call at a time per model (the buffers are the model's). The returned
-        gradients are the model's gradient buffers: the next call overwrites them (copy what you
-        keep), as the optimizer step that follows them does not need.
+        untied LM head's gradient is ``lm_head.weight``'s), no dropout. One call at a time per
+        model (the buffers are the model's). The returned gradients are the model's gradient
+        buffers: the next call overwrites them (copy what you keep), as the optimizer step that
+        follows them does not need.
         """
         xp = self.xp()
         ids, targets = self._check_batch(ids, targets, xp)

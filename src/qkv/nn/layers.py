@@ -438,7 +438,8 @@ class MLP(Module):
         dh = self.c_proj.backward(dy, tape.child("c_proj"))  # (B, L, n_inner)
         if self.activation == "swiglu":
             gate, up, n = tape["gate"], tape["up"], dh.shape[-1]
-            dgate, dup = qkv.swiglu_backward(dh, gate, up, out=(tape.work("dgate", dh.shape), tape.work("dup", dh.shape)))
+            dgate, dup = qkv.swiglu_backward(dh, gate, up,
+                                             out=(tape.work("dgate", dh.shape), tape.work("dup", dh.shape)))
             dpre = tape.work("dpre", dh.shape[:-1] + (2 * n,))  # d [gate | up]
             xp = namespace(dpre)
             xp.copyto(dpre[..., :n], dgate)
