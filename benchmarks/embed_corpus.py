@@ -5,7 +5,7 @@
 
 Four ways to embed the same N lines (batches of 32, max 256 tokens, L2-normalised), in items/s:
 - qkv, 1 process x 2 threads: qkv.corpus.embed_corpus (what ``qkv embed --input --output`` runs:
-  scan, chunks of 256 sorted by length, rows written to OUT/embeddings.npy, done marks);
+  scan, chunks of 1024 sorted by length, rows written to OUT/embeddings.npy, done marks);
 - qkv, --dask local:2: the same on a LocalCluster of 2 worker processes x 1 thread (each worker
   loads the model once, inside the timed job); the cluster's start-up is timed apart;
 - sentence-transformers encode, torch on 2 threads (it sorts its whole list by length);

@@ -41,7 +41,11 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = 1            # manifest version
-CHUNK_ROWS = 256      # items per chunk: the unit of work, of resume, and the window sorted by length
+# items per chunk: the unit of work, of resume, and the window sorted by length. A wider window pads
+# less: on standard-library docstring sentences (20 tokens on average, a long tail) batches of 32
+# sorted within 256 items pad to 1.48x the real tokens, within 1024 to 1.15x, and MiniLM embeds
+# 105-124 items/s against 154 (2 threads, the quiet 2-core machine). 1024 items are about 7 s of work.
+CHUNK_ROWS = 1024
 SEARCH_BLOCK = 65536  # rows of embeddings.npy per matrix product in search (flat memory)
 OURS = ("manifest.json", "embeddings.npy", "offsets.npy", "ids.jsonl", "done", "input.jsonl")  # what OUT may hold
 

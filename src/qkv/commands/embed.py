@@ -36,7 +36,7 @@ def add_parser(sub):
     c.add_argument("--overwrite", action="store_true", help="replace an OUT that holds another job")
     c.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass (default: 32)")
     c.add_argument("--chunk-size", type=positive_int, default=None,
-                   help="items per chunk: the unit of work and of resume, sorted by length inside (default: 256)")
+                   help="items per chunk: the unit of work and of resume, sorted by length inside (default: 1024)")
     c.add_argument("--dask", metavar="SPEC", help="local:N (N worker processes here) or a scheduler address "
                    "tcp://HOST:8786; needs qkv[dask]")
     return p
