@@ -202,7 +202,9 @@ def hooks_section():
            f"({meta['cpus']} CPUs): "
            + "; ".join(f"{r['meta']['qkv_threads']} thread{'s' * (r['meta']['qkv_threads'] != 1)} at {r['meta']['date']} under load average "
                        f"{r['meta']['load_average'][0]:.0f}-{r['meta']['load_average'][1]:.0f}" for r in runs)
-           + ". Every time is inflated, qkv's (two thread pools that wait for each other) more than torch's.", ""]
+           + "." + (" A load average above the CPU count inflates every time, qkv's (two thread pools that wait for "
+                    "each other) more than torch's." if any(max(r['meta']['load_average']) > meta['cpus'] for r in runs)
+                    else ""), ""]
     rows = []
     for r in runs:
         threads = r["meta"]["qkv_threads"]
