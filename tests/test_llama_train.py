@@ -5,13 +5,12 @@ tests/fixtures/make_llama_fixtures.py), numpy against cpu, AdamW steps, the buff
 to step, and the errors of GPT's value_and_grad."""
 
 import json
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import assert_grads_fd
-from test_train import backends, cpu_attention_backward_reason
+from test_train import assert_a_second_step_allocates_little, backends, cpu_attention_backward_reason
 
 import qkv
 from qkv.nn import Llama
@@ -173,27 +172,7 @@ def test_a_training_step_after_the_first_allocates_no_large_array():
     B, T, C = 2, 32, 256
     cfg = LlamaConfig(vocab_size=512, block_size=T, n_layer=2, n_head=8, n_kv_head=2, n_embd=C, n_inner=512,
                       rope_scaling={**LLAMA3, "original_max_position_embeddings": 16}, tie_word_embeddings=False)
-    model = Llama(cfg).init_weights(0)
-    opt = AdamW(model.named_parameters(), lr=1e-3)
-    rng = np.random.default_rng(0)
-    ids, targets = rng.integers(0, 512, (B, T)), rng.integers(0, 512, (B, T))
-
-    def step():
-        loss, grads = model.value_and_grad(ids, targets)
-        clip_grad_norm(grads, 1.0)
-        opt.step(grads)
-        return loss
-
-    with qkv.use_backend("cpu"):
-        first = step()
-        tracemalloc.start()
-        try:
-            second = step()
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-    assert second < first  # it learns
-    assert peak < B * T * C * 4 // 2, f"a step allocated {peak} bytes at its peak"
+    assert_a_second_step_allocates_little(Llama(cfg).init_weights(0), B, T, C)
 
 
 def test_value_and_grad_errors():
