@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_grads_fd
-from test_train import assert_a_second_step_allocates_little, backends, cpu_attention_backward_reason
+from test_train import (assert_a_second_step_allocates_little, assert_backend_matches_numpy, assert_batch_errors,
+                        assert_buffers_reused_and_inputs_unchanged, assert_loss_and_grads_match, backends,
+                        cpu_attention_backward_reason)
 
 import qkv
 from qkv.nn import Llama
@@ -108,29 +110,13 @@ def fixture():
 def test_loss_and_every_gradient_match_torch(fixture, backend):
     """float32 against transformers' LlamaForCausalLM (GQA, llama3 rope scaling, untied head)."""
     f, model = fixture
-    with qkv.use_backend(backend):
-        loss, grads = model.value_and_grad(f["ids"], f["targets"])
-    assert loss == pytest.approx(float(f["loss"]), rel=1e-5)
-    assert list(grads) == [n for n, _ in model.named_parameters()]
-    for name, g in grads.items():
-        ref = f["grad." + name]
-        assert g.shape == ref.shape and g.dtype == np.float32, name
-        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=name)
+    assert_loss_and_grads_match(model, f, backend)
 
 
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_float64_matches_reference_backend(tied, backend):
-    model = _tiny(tied)
-    ids = np.arange(24).reshape(2, 12) % 13
-    with qkv.use_backend("numpy"):
-        want_loss, want = model.value_and_grad(ids, ids[:, ::-1])
-        want = {k: g.copy() for k, g in want.items()}
-    with qkv.use_backend(backend):
-        loss, got = model.value_and_grad(ids, ids[:, ::-1])
-    assert loss == pytest.approx(want_loss, rel=1e-12)
-    for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
+    assert_backend_matches_numpy(_tiny(tied), np.arange(24).reshape(2, 12) % 13, backend)
 
 
 @pytest.mark.parametrize("backend", backends())
@@ -149,17 +135,7 @@ def test_adamw_steps_lower_the_loss(backend):
 
 
 def test_work_buffers_are_reused_and_inputs_unchanged():
-    model = _tiny(True)
-    ids, targets = _batch()
-    before = {n: p.copy() for n, p in model.named_parameters()}
-    with qkv.use_backend("numpy"):
-        l1, g1 = model.value_and_grad(ids, targets)
-        g1 = {k: g.copy() for k, g in g1.items()}  # the next call overwrites the gradient buffers
-        bufs = {k: id(v) for k, v in model._tape.scratch._bufs.items()}
-        l2, g2 = model.value_and_grad(ids, targets)
-    assert bufs and {k: id(v) for k, v in model._tape.scratch._bufs.items()} == bufs
-    assert l1 == l2 and all(np.array_equal(g1[k], g2[k]) for k in g1)
-    assert all(np.array_equal(before[n], p) for n, p in model.named_parameters())
+    assert_buffers_reused_and_inputs_unchanged(_tiny(True), *_batch())
 
 
 def test_a_training_step_after_the_first_allocates_no_large_array():
@@ -177,17 +153,8 @@ def test_a_training_step_after_the_first_allocates_no_large_array():
 
 def test_value_and_grad_errors():
     model = _tiny(True)
+    assert_batch_errors(model)
     ok = np.zeros((2, 4), np.int64)
-    with pytest.raises(ValueError, match="same shape"):
-        model.value_and_grad(ok, ok[:, :3])
-    with pytest.raises(ValueError, match="integer"):
-        model.value_and_grad(ok.astype(np.float32), ok)
-    with pytest.raises(ValueError, match="context of 16"):
-        model.value_and_grad(np.zeros((1, 17), np.int64), np.zeros((1, 17), np.int64))
-    with pytest.raises(ValueError, match=r"ids must lie in \[0, 13\)"):
-        model.value_and_grad(ok + 13, ok)
-    with pytest.raises(ValueError, match="targets must lie"):
-        model.value_and_grad(ok, ok - 2)
     with pytest.raises(ValueError, match="empty"):
         model.value_and_grad(ok[:, :0], ok[:, :0])
     window = _tiny(True, sliding_window=4)

@@ -54,8 +54,11 @@ def _model(fixture, dtype=np.float32):
 
 @pytest.mark.parametrize("backend", backends())
 def test_loss_and_every_gradient_match_torch(fixture, backend):
-    f = fixture[0]
-    model = _model(fixture)
+    assert_loss_and_grads_match(_model(fixture), fixture[0], backend)
+
+
+def assert_loss_and_grads_match(model, f, backend):
+    """value_and_grad of f's batch on backend against torch's loss and gradients in f (float32, 1e-5)."""
     with qkv.use_backend(backend):
         loss, grads = model.value_and_grad(f["ids"], f["targets"])
     assert loss == pytest.approx(float(f["loss"]), rel=1e-5)
@@ -106,10 +109,15 @@ def test_value_and_grad_by_finite_differences():
 
 @pytest.mark.parametrize("backend", backends())
 def test_float64_matches_reference_backend(backend):
-    model = _tiny(n_layer=1)
-    ids = np.arange(16).reshape(2, 8) % 13
+    assert_backend_matches_numpy(_tiny(n_layer=1), np.arange(16).reshape(2, 8) % 13, backend)
+
+
+def assert_backend_matches_numpy(model, ids, backend):
+    """float64 loss and gradients on backend against the numpy reference backend's (the reference's
+    are copied first: value_and_grad returns buffers that the next call overwrites)."""
     with qkv.use_backend("numpy"):
         want_loss, want = model.value_and_grad(ids, ids[:, ::-1])
+        want = {k: g.copy() for k, g in want.items()}
     with qkv.use_backend(backend):
         loss, got = model.value_and_grad(ids, ids[:, ::-1])
     assert loss == pytest.approx(want_loss, rel=1e-12)
@@ -143,9 +151,15 @@ def test_all_targets_ignored_gives_zero():
 
 
 def test_work_buffers_are_reused_and_inputs_unchanged():
-    model = _tiny()
     ids = np.array([[1, 2, 3, 4]])
     targets = np.array([[2, 3, 4, 5]])
+    assert_buffers_reused_and_inputs_unchanged(_tiny(), ids, targets)
+    assert ids.tolist() == [[1, 2, 3, 4]] and targets.tolist() == [[2, 3, 4, 5]]
+
+
+def assert_buffers_reused_and_inputs_unchanged(model, ids, targets):
+    """Two calls of value_and_grad: the same work buffers, the same loss and gradients, the
+    parameters untouched."""
     before = {n: p.copy() for n, p in model.named_parameters()}
     with qkv.use_backend("numpy"):
         l1, g1 = model.value_and_grad(ids, targets)
@@ -155,7 +169,6 @@ def test_work_buffers_are_reused_and_inputs_unchanged():
     assert bufs and {k: id(v) for k, v in model._tape.scratch._bufs.items()} == bufs
     assert l1 == l2 and all(np.array_equal(g1[k], g2[k]) for k in g1)
     assert all(np.array_equal(before[n], p) for n, p in model.named_parameters())
-    assert ids.tolist() == [[1, 2, 3, 4]] and targets.tolist() == [[2, 3, 4, 5]]
 
 
 def test_a_training_step_after_the_first_allocates_no_large_array():
@@ -201,16 +214,21 @@ def assert_a_second_step_allocates_little(model, B, T, C):
 
 
 def test_value_and_grad_errors():
-    model = _tiny()
+    assert_batch_errors(_tiny())
+
+
+def assert_batch_errors(model):
+    """value_and_grad refuses a bad batch with a ValueError that names the problem."""
+    T, V = model.config.block_size, model.config.vocab_size
     ok = np.zeros((2, 4), np.int64)
     with pytest.raises(ValueError, match="same shape"):
         model.value_and_grad(ok, ok[:, :3])
     with pytest.raises(ValueError, match="integer"):
         model.value_and_grad(ok.astype(np.float32), ok)
-    with pytest.raises(ValueError, match="context of 8"):
-        model.value_and_grad(np.zeros((1, 9), np.int64), np.zeros((1, 9), np.int64))
-    with pytest.raises(ValueError, match=r"ids must lie in \[0, 13\)"):
-        model.value_and_grad(ok + 13, ok)
+    with pytest.raises(ValueError, match=f"context of {T}"):
+        model.value_and_grad(np.zeros((1, T + 1), np.int64), np.zeros((1, T + 1), np.int64))
+    with pytest.raises(ValueError, match=rf"ids must lie in \[0, {V}\)"):
+        model.value_and_grad(ok + V, ok)
     with pytest.raises(ValueError, match="targets must lie"):
         model.value_and_grad(ok, ok - 2)
 
