@@ -219,19 +219,35 @@ def test_bfloat16_checkpoints_are_widened_exactly(tmp_path):
     for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
         assert p.dtype == np.float32
         np.testing.assert_array_equal(p, (q.view(np.uint32) & 0xFFFF0000).view(np.float32), err_msg=name)
-    # the reader NumPy alone needs (safetensors returns bfloat16 arrays only when ml_dtypes is imported)
-    from qkv.io.checkpoint import _read_with_bfloat16, read_safetensors
+    from qkv.io.checkpoint import read_safetensors
 
-    direct, loaded = _read_with_bfloat16(d / "model.safetensors"), read_safetensors(d)
-    assert direct.keys() == loaded.keys()
-    for name in direct:
-        assert direct[name].dtype == np.float32
-        np.testing.assert_array_equal(direct[name], loaded[name])
+    assert all(t.dtype == np.float32 for t in read_safetensors(d).values())
     (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-10])
     with pytest.raises(ValueError, match="is not a readable safetensors file"):
         Llama.from_pretrained(d)
     with pytest.raises(ValueError, match="is not a readable safetensors file"):
-        _read_with_bfloat16(d / "model.safetensors")
+        read_safetensors(d / "model.safetensors")
+
+
+def test_safetensors_reader_matches_safetensors_and_holds_the_weights_once(tmp_path):
+    """read_safetensors reads each tensor from the file into its own array: the same values, dtypes
+    and shapes as safetensors' load_file for every dtype it reads directly, writeable, each array
+    its own read (load_file's arrays view copies out of a whole-file read: the weights twice)."""
+    from safetensors.numpy import load_file, save_file
+
+    from qkv.io.checkpoint import read_safetensors
+
+    rng = np.random.default_rng(0)
+    tensors = {"a": rng.standard_normal((3, 5)).astype(np.float32), "b": rng.standard_normal(7),
+               "c": rng.standard_normal((2, 2, 2)).astype(np.float16), "d": np.arange(6, dtype=np.int64).reshape(2, 3),
+               "e": np.arange(4, dtype=np.int32), "f": np.zeros((0, 4), np.float32)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    got, want = read_safetensors(tmp_path), load_file(str(tmp_path / "model.safetensors"))
+    assert got.keys() == want.keys()
+    for name, t in got.items():
+        assert t.dtype == want[name].dtype and t.shape == want[name].shape, name
+        np.testing.assert_array_equal(t, want[name], err_msg=name)
+        assert t.flags.writeable and (t.base is None or t.base.base is None), name
 
 
 def test_tied_head_is_the_embedding_and_untied_is_its_own():

@@ -109,9 +109,16 @@ def read_checkpoint(folder):
 
 
 def read_safetensors(path):
-    """model.safetensors (a file or a folder holding one) -> {name: float array}."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    """model.safetensors (a file or a folder holding one) -> {name: float array}.
+
+    safetensors checks the header and every offset; then each tensor is read from the file into its
+    own array, one at a time, so loading holds the weights once (safetensors' load_file reads the
+    whole file into memory and then copies every tensor out of it: twice the model at its peak).
+    BF16 tensors (as Llama 3, Qwen2.5 and SmolLM ship) are read as their uint16 bit patterns and
+    widened exactly to float32 (the bits shifted into a float32's top half): NumPy has no bfloat16."""
+    import struct
+
+    from safetensors import SafetensorError, safe_open
 
     p = Path(path)
     if p.is_dir():
@@ -119,38 +126,25 @@ def read_safetensors(path):
     if not p.is_file():
         raise FileNotFoundError(f"{p} is missing (qkv reads safetensors only, never pickle .bin files)")
     try:
-        tensors = load_file(str(p))
-    except (SafetensorError, OSError, ValueError, TypeError) as exc:
-        if "bfloat16" in str(exc):  # NumPy has no bfloat16: widen those tensors to float32 here
-            return _read_with_bfloat16(p)
-        raise ValueError(f"{p} is not a readable safetensors file: {exc}") from None
-    # with ml_dtypes imported (by some other package), safetensors returns bfloat16 arrays: widen them too
-    return {n: t.astype(np.float32) if t.dtype.name == "bfloat16" else t for n, t in tensors.items()}
-
-
-def _read_with_bfloat16(p):
-    """A safetensors file holding BF16 tensors (as Llama 3, Qwen2.5 and SmolLM ship): safetensors
-    checks the header and reads the other tensors; each BF16 one is read as its uint16 bit patterns
-    and widened exactly to float32 (the bits shifted into a float32's top half)."""
-    import struct
-
-    from safetensors import SafetensorError, safe_open
-
-    try:
         with safe_open(str(p), framework="numpy") as f:  # validates the header and every offset
-            names = list(f.keys())
-            bf16 = {n for n in names if f.get_slice(n).get_dtype() == "BF16"}
-            out = {n: f.get_tensor(n) for n in names if n not in bf16}
+            dtypes = {n: f.get_slice(n).get_dtype() for n in f.keys()}
+            out = {n: f.get_tensor(n) for n, dt in dtypes.items() if dt not in _ST_READ}  # rare dtypes
         with open(p, "rb") as fh:
             (n_header,) = struct.unpack("<Q", fh.read(8))  # bounded: safe_open accepted it
             header = json.loads(fh.read(n_header))
-        for n in bf16:
+        for n, dt in dtypes.items():
+            if dt not in _ST_READ:
+                continue
             (start, end), shape = header[n]["data_offsets"], header[n]["shape"]
-            bits = np.fromfile(p, dtype="<u2", count=(end - start) // 2, offset=8 + n_header + start)
-            out[n] = (bits.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+            t = np.fromfile(p, dtype=_ST_READ[dt], count=(end - start) // np.dtype(_ST_READ[dt]).itemsize,
+                            offset=8 + n_header + start)
+            out[n] = ((t.astype(np.uint32) << 16).view(np.float32) if dt == "BF16" else t).reshape(shape)
         return out
     except (SafetensorError, OSError, ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"{p} is not a readable safetensors file: {exc}") from None
+
+
+_ST_READ = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4"}  # read directly
 
 
 def _assign(model, tensors, mapping, dtype, transpose=()):
